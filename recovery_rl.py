@@ -1,0 +1,232 @@
+"""Recovery RL (Thananjeyan et al., RA-L 2021): the safety critic, the recovery policy, the recovery
+filter and the online loop (SPEC sections 2 and 3; Phase 3 of MESA's Algorithm 1).
+
+- Q_risk(s, a) in [0, 1] estimates the discounted probability of a future constraint violation.
+  It is trained on y = c + (1 - c) gamma_risk Q_risk_targ(s', a'), a' ~ pi(.|s') (Recovery RL eq. 2,
+  MESA eq. 1), with a Polyak-averaged target network.
+- pi_rec(s) is deterministic and trained DDPG-style to minimise Q_risk(s, pi_rec(s)).
+- The recovery filter executes a_task if Q_risk(s, a_task) <= eps_risk, else pi_rec(s).
+- Action relabelling: the task policy learns from the action it PROPOSED, the safety critic from
+  the action that was EXECUTED.
+
+Which policy pi the Bellman target evaluates: in Phases 1-2 the task policy at initialisation (as
+in the authors' code, because no task policy exists yet); in Phase 3 the composite policy that is
+really executed: the task policy's proposal, replaced by pi_rec's action where the filter fires.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sac import SAC, ReplayBuffer, frozen_copy, mlp, polyak_update
+
+Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
+
+
+@dataclass
+class RecoveryConfig:
+    """Safety critic and recovery policy hyperparameters (SPEC sections 2, 3 and 6)."""
+    gamma_risk: float = 0.8      # discount of the violation probability
+    eps_risk: float = 0.1        # the filter fires where Q_risk(s, a_task) > eps_risk
+    lr: float = 3e-4             # Adam learning rate of Q_risk and pi_rec (Phase 3: the Phase-2 lr)
+    tau_risk: float = 2e-4       # Polyak rate of the Q_risk target network [authors' code]
+    batch_size: int = 256        # transitions per Q_risk / pi_rec update
+    pos_fraction: float = 0.0    # share of each Q_risk batch drawn from violating transitions
+    hidden: tuple[int, ...] = (256, 256)
+
+
+# ----------------------------------------------------------------------------- networks
+
+class SafetyCritic(nn.Module):
+    """Q_risk(s, a) = sigmoid(MLP(concat(s, a))), in [0, 1] (MESA appendix A.2).  # (B,)"""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden=(256, 256)):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.cat([obs, act], dim=-1))).squeeze(-1)
+
+
+class RecoveryPolicy(nn.Module):
+    """pi_rec(s) = tanh(MLP(s)), scaled to the action bounds; deterministic."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low, action_high, hidden=(256, 256)):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(obs)) * self.action_scale + self.action_bias
+
+
+# ----------------------------------------------------------------------------- equations
+
+def safety_bellman_target(cost: torch.Tensor, next_q_risk: torch.Tensor, gamma_risk: float) -> torch.Tensor:
+    """y = c + (1 - c) gamma_risk Q_risk_targ(s', a') (Recovery RL eq. 2; MESA section 4.1).
+
+    A violating transition (c = 1) does not bootstrap; a time-limit ending still does.
+    """
+    return cost + (1.0 - cost) * gamma_risk * next_q_risk
+
+
+def safety_critic_loss(q_risk: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_risk = E[(Q_risk(s, a) - y)^2] (MESA eq. 1)."""
+    return F.mse_loss(q_risk, target)
+
+
+def recovery_policy_loss(q_risk_of_recovery: torch.Tensor) -> torch.Tensor:
+    """L_pi_rec = E_s[Q_risk(s, pi_rec(s))], minimised DDPG-style (Recovery RL section IV-B)."""
+    return q_risk_of_recovery.mean()
+
+
+def recovery_filter(risk: torch.Tensor, eps_risk: float, a_task: torch.Tensor, a_rec: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = a_task where Q_risk(s, a_task) <= eps_risk, else a_rec (Recovery RL eq. 3).
+
+    risk: (B,), actions: (B, A). Returns (executed actions (B, A), filter fired (B,) bool).
+    """
+    fired = risk > eps_risk
+    return torch.where(fired.unsqueeze(-1), a_rec, a_task), fired
+
+
+def sample_class_balanced(buffer: ReplayBuffer, batch_size: int, pos_fraction: float) -> dict[str, torch.Tensor]:
+    """A batch with round(pos_fraction * batch_size) violating transitions, the rest uniform.
+
+    With no violations in the buffer the batch is simply uniform; with few, they repeat.
+    """
+    violations = buffer.violation_indices()
+    n_pos = int(round(pos_fraction * batch_size)) if len(violations) else 0
+    idx = np.concatenate([buffer.rng.choice(violations, n_pos),
+                          buffer.rng.integers(0, len(buffer), batch_size - n_pos)])
+    return buffer.batch(idx)
+
+
+# ----------------------------------------------------------------------------- the safety agent
+
+class Safety:
+    """Q_risk with its target network, pi_rec, and their optimizers."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low, action_high, cfg: RecoveryConfig | None = None):
+        self.cfg = cfg = cfg or RecoveryConfig()
+        self.q_risk = SafetyCritic(obs_dim, act_dim, cfg.hidden)
+        self.q_risk_targ = frozen_copy(self.q_risk)
+        self.pi_rec = RecoveryPolicy(obs_dim, act_dim, action_low, action_high, cfg.hidden)
+        self.set_lr(cfg.lr)
+
+    def set_lr(self, lr: float) -> None:
+        """Fresh Adam optimizers at learning rate lr (each phase starts its own)."""
+        self.q_optim = torch.optim.Adam(self.q_risk.parameters(), lr=lr, fused=True)
+        self.pi_optim = torch.optim.Adam(self.pi_rec.parameters(), lr=lr, fused=True)
+
+    def sample(self, buffer: ReplayBuffer, batch_size: int | None = None) -> dict[str, torch.Tensor]:
+        return sample_class_balanced(buffer, batch_size or self.cfg.batch_size, self.cfg.pos_fraction)
+
+    def targets(self, batch: dict[str, torch.Tensor], policy: Policy) -> torch.Tensor:
+        """Bellman targets y for a batch, evaluated with the target network (no gradients)."""
+        with torch.no_grad():
+            next_q = self.q_risk_targ(batch["next_obs"], policy(batch["next_obs"]))
+            return safety_bellman_target(batch["cost"], next_q, self.cfg.gamma_risk)
+
+    def update_critic(self, batch: dict[str, torch.Tensor], policy: Policy) -> float:
+        """One Adam step on L_risk, then Polyak-average the target network."""
+        loss = safety_critic_loss(self.q_risk(batch["obs"], batch["act"]), self.targets(batch, policy))
+        self.q_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.q_optim.step()
+        polyak_update(self.q_risk_targ, self.q_risk, self.cfg.tau_risk)
+        return loss.item()
+
+    def update_recovery(self, obs: torch.Tensor) -> float:
+        """One Adam step on L_pi_rec; Q_risk is frozen so only pi_rec moves."""
+        self.q_risk.requires_grad_(False)
+        loss = recovery_policy_loss(self.q_risk(obs, self.pi_rec(obs)))
+        self.pi_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.pi_optim.step()
+        self.q_risk.requires_grad_(True)
+        return loss.item()
+
+    def filtered(self, obs: torch.Tensor, a_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The executed actions of the composite policy for a batch of proposals."""
+        with torch.no_grad():
+            return recovery_filter(self.q_risk(obs, a_task), self.cfg.eps_risk, a_task, self.pi_rec(obs))
+
+    def composite_policy(self, task_policy: Policy) -> Policy:
+        """s -> filter(s, a_task ~ pi_task(.|s)): the policy Recovery RL actually executes."""
+        return lambda obs: self.filtered(obs, task_policy(obs))[0]
+
+    def state_dict(self) -> dict:
+        return {name: getattr(self, name).state_dict()
+                for name in ("q_risk", "q_risk_targ", "pi_rec", "q_optim", "pi_optim")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            getattr(self, name).load_state_dict(value)
+
+
+# ----------------------------------------------------------------------------- Phase 3
+
+def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_buffer: ReplayBuffer,
+                safety_buffer: ReplayBuffer | None, env_step: int):
+    """One environment step of Recovery RL: propose, filter, execute, relabel, update.
+
+    Without a Safety (Unconstrained SAC) the proposal is executed as it is.
+    Returns (next_obs, reward, cost, terminated, truncated, info, filter_fired).
+    """
+    a_task = agent.explore(obs, env_step)
+    a_exec, fired = a_task, False
+    if safety is not None:
+        executed, fired_t = safety.filtered(torch.from_numpy(obs[None].astype(np.float32)), torch.from_numpy(a_task[None]))
+        a_exec, fired = executed[0].numpy(), bool(fired_t[0])
+    next_obs, reward, terminated, truncated, info = env.step(a_exec)
+    cost = float(info["cost"])
+    task_buffer.add(obs, a_task, reward, cost, next_obs, terminated, truncated)      # proposed action
+    if safety is not None:
+        safety_buffer.add(obs, a_exec, reward, cost, next_obs, terminated, truncated)  # executed action
+
+    batch_size = agent.cfg.batch_size
+    if len(task_buffer) >= batch_size:
+        agent.update(task_buffer.sample(batch_size))
+    if safety is not None and len(safety_buffer) >= safety.cfg.batch_size:
+        batch = safety.sample(safety_buffer)
+        safety.update_critic(batch, safety.composite_policy(agent.policy))
+        safety.update_recovery(batch["obs"])
+    return next_obs, reward, cost, terminated, truncated, info, fired
+
+
+def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: int,
+                 offline: dict[str, np.ndarray] | None = None) -> Iterator[dict]:
+    """Phase 3: run n_episodes of Recovery RL (or Unconstrained SAC when safety is None).
+
+    The safety buffer starts as the offline data. Yields one metrics dict per finished episode:
+    return, length, violation (0/1), success (0/1, or nan where undefined), recovery_fraction.
+    """
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    capacity = n_episodes * env.spec.max_episode_steps
+    task_buffer = ReplayBuffer(obs_dim, act_dim, capacity, seed=seed)
+    safety_buffer = None
+    if safety is not None:
+        safety_buffer = (ReplayBuffer.from_arrays(offline, capacity, seed=seed + 1) if offline is not None
+                         else ReplayBuffer(obs_dim, act_dim, capacity, seed=seed + 1))
+    env.action_space.seed(seed)
+    env_step = 0
+    for episode in range(n_episodes):
+        obs, info = env.reset(seed=seed if episode == 0 else None)
+        ret, length, violated, recoveries, done = 0.0, 0, False, 0, False
+        while not done:
+            obs, reward, cost, terminated, truncated, info, fired = phase3_step(
+                env, obs, agent, safety, task_buffer, safety_buffer, env_step)
+            ret, length, env_step = ret + reward, length + 1, env_step + 1
+            violated, recoveries = violated or cost > 0, recoveries + fired
+            done = terminated or truncated
+        yield {"episode": episode, "env_steps": env_step, "return": ret, "length": length,
+               "violation": int(violated), "success": float(info.get("success", np.nan)),
+               "recovery_fraction": recoveries / length}

@@ -1,0 +1,334 @@
+"""Soft Actor-Critic, the task policy of Recovery RL and MESA (SPEC section 3).
+
+Implements SAC as in Haarnoja et al. 2018 ("Soft Actor-Critic Algorithms and Applications"):
+a squashed-Gaussian actor with the tanh change-of-variables correction, twin Q critics with
+Polyak-averaged target networks, alpha fixed at 0.2 (as in the MESA authors' code) or tuned
+automatically toward the target entropy -|A|, and uniformly random actions for the first
+`start_steps` environment steps. Also home to the pieces every other module shares: the MLP
+builder, the preallocated numpy replay buffer (which also stores costs) and seeding.
+
+Deviations from the authors' code (pranz24-style SAC): critics are frozen during the actor step and
+log pi is computed once per update and reused for the alpha loss; both give identical gradients.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch in one place."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Sequential:
+    """The one MLP builder of the project: Linear-ReLU blocks, then a linear output layer."""
+    layers, width = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+# ----------------------------------------------------------------------------- replay buffer
+
+FIELDS = ("observations", "actions", "rewards", "costs", "next_observations", "terminals", "timeouts")
+
+
+class ReplayBuffer:
+    """Preallocated ring buffer of numpy arrays with the D4RL/DSRL field names (SPEC section 8).
+
+    `sample` returns torch tensors under short names that mirror the equations:
+    obs, act, rew, cost, next_obs, done (1.0 where the episode terminated, not merely timed out).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, seed: int | None = None):
+        if capacity <= 0:
+            raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
+        self.capacity, self.size, self.ptr = capacity, 0, 0
+        self.data = {
+            "observations": np.zeros((capacity, obs_dim), np.float32),
+            "actions": np.zeros((capacity, act_dim), np.float32),
+            "rewards": np.zeros(capacity, np.float32),
+            "costs": np.zeros(capacity, np.float32),
+            "next_observations": np.zeros((capacity, obs_dim), np.float32),
+            "terminals": np.zeros(capacity, bool),
+            "timeouts": np.zeros(capacity, bool),
+        }
+        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
+        self._violations: np.ndarray | None = None  # cached indices of rows with cost 1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, action, reward, cost, next_obs, terminal, timeout) -> None:
+        """Store one transition, overwriting the oldest once the buffer is full."""
+        row = self.ptr
+        if cost or self.data["costs"][row]:
+            self._violations = None
+        for key, value in zip(FIELDS, (obs, action, reward, cost, next_obs, terminal, timeout)):
+            self.data[key][row] = value
+        self.ptr = (row + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def add_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Append many transitions at once (e.g. an offline dataset); they must fit."""
+        n = len(arrays["observations"])
+        if self.size + n > self.capacity or self.ptr != self.size:
+            raise ValueError(f"cannot append {n} transitions to a buffer holding {self.size} of {self.capacity}")
+        for key in FIELDS:
+            self.data[key][self.size:self.size + n] = arrays[key]
+        self.size += n
+        self.ptr = self.size % self.capacity
+        self._violations = None
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], extra_capacity: int = 0, seed: int | None = None):
+        """A buffer holding `arrays` with room for `extra_capacity` more transitions."""
+        obs_dim, act_dim = arrays["observations"].shape[1], arrays["actions"].shape[1]
+        buffer = cls(obs_dim, act_dim, len(arrays["observations"]) + extra_capacity, seed)
+        buffer.add_arrays(arrays)
+        return buffer
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The stored transitions in insertion order, as a dict of numpy arrays (copies)."""
+        order = np.arange(self.ptr - self.size, self.ptr) % self.capacity
+        return {key: self.data[key][order] for key in FIELDS}
+
+    def violation_indices(self) -> np.ndarray:
+        """Rows whose transition violated the constraint (cost 1); recomputed only when they change."""
+        if self._violations is None:
+            self._violations = np.flatnonzero(self.data["costs"][: self.size] > 0)
+        return self._violations
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        d = self.data
+        return {
+            "obs": torch.from_numpy(d["observations"][idx]),
+            "act": torch.from_numpy(d["actions"][idx]),
+            "rew": torch.from_numpy(d["rewards"][idx]),
+            "cost": torch.from_numpy(d["costs"][idx]),
+            "next_obs": torch.from_numpy(d["next_observations"][idx]),
+            "done": torch.from_numpy(d["terminals"][idx].astype(np.float32)),
+        }
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """A uniformly random batch (with replacement)."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        return self.batch(self.rng.integers(0, self.size, size=batch_size))
+
+
+# ----------------------------------------------------------------------------- networks
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def squashed_gaussian_log_prob(u: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                               action_scale: torch.Tensor) -> torch.Tensor:
+    """log pi(a|s) for a = scale * tanh(u) + bias, u ~ N(mean, std) (SAC paper, appendix C, eq. 21).
+
+    log pi(a|s) = sum_i [ log N(u_i; mean_i, std_i) - log(scale_i * (1 - tanh(u_i)^2)) ],
+    with log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)) for numerical stability.  # (B,)
+    """
+    gaussian = -0.5 * ((u - mean) / log_std.exp()) ** 2 - log_std - 0.5 * np.log(2 * np.pi)
+    log_det_tanh = 2.0 * (np.log(2.0) - u - F.softplus(-2.0 * u))
+    return (gaussian - log_det_tanh - torch.log(action_scale)).sum(-1)
+
+
+class SquashedGaussianActor(nn.Module):
+    """pi(a|s): a Gaussian in pre-tanh space, squashed by tanh and scaled to the action bounds."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low, action_high, hidden=(256, 256)):
+        super().__init__()
+        self.net = mlp(obs_dim, 2 * act_dim, hidden)  # outputs (mean, log_std)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (action in env bounds, log pi(action|obs)); reparameterised, so differentiable."""
+        mean, log_std = self.distribution(obs)
+        u = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        action = torch.tanh(u) * self.action_scale + self.action_bias
+        return action, squashed_gaussian_log_prob(u, mean, log_std, self.action_scale)
+
+
+class QNetwork(nn.Module):
+    """Q(s, a): an MLP on concat(s, a) with a scalar output.  # (B,)"""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden=(256, 256)):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, 1, hidden)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """theta_targ <- (1 - tau) theta_targ + tau theta, in one fused call."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def frozen_copy(net: nn.Module) -> nn.Module:
+    """A target network: a copy that never receives gradients."""
+    target = copy.deepcopy(net)
+    target.requires_grad_(False)
+    return target
+
+
+# ----------------------------------------------------------------------------- losses
+
+def soft_q_target(rew, done, next_q1, next_q2, next_log_pi, gamma: float, alpha) -> torch.Tensor:
+    """y = r + gamma (1 - d) (min_i Q_targ_i(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s') (SAC eq. 3)."""
+    return rew + gamma * (1.0 - done) * (torch.min(next_q1, next_q2) - alpha * next_log_pi)
+
+
+def critic_loss(q1, q2, y) -> torch.Tensor:
+    """J_Q = E[(Q_1(s,a) - y)^2] + E[(Q_2(s,a) - y)^2] (SAC eq. 5, both critics)."""
+    return F.mse_loss(q1, y) + F.mse_loss(q2, y)
+
+
+def actor_loss(q1_pi, q2_pi, log_pi, alpha) -> torch.Tensor:
+    """J_pi = E[alpha log pi(a|s) - min_i Q_i(s, a)], a ~ pi(.|s) reparameterised (SAC eq. 7)."""
+    return (alpha * log_pi - torch.min(q1_pi, q2_pi)).mean()
+
+
+def alpha_loss(log_alpha, log_pi, target_entropy: float) -> torch.Tensor:
+    """J(alpha) = E[-alpha (log pi(a|s) + H_target)] (SAC eq. 18); log_pi is detached."""
+    return -(log_alpha.exp() * (log_pi.detach() + target_entropy)).mean()
+
+
+# ----------------------------------------------------------------------------- the agent
+
+@dataclass
+class SACConfig:
+    """SAC hyperparameters (SPEC section 3; MESA paper Table 4)."""
+    gamma: float = 0.99          # discount of the task reward
+    tau: float = 0.005           # Polyak rate of the critic targets
+    lr: float = 3e-4             # Adam learning rate of actor, critics and alpha
+    batch_size: int = 256        # transitions per update
+    alpha: float = 0.2           # entropy temperature (initial value when autotuned)
+    autotune: bool = False       # tune alpha toward the target entropy -|A|
+    start_steps: int = 1000      # environment steps with uniformly random actions
+    hidden: tuple[int, ...] = (256, 256)  # hidden widths of every network
+
+
+class SAC:
+    """The task policy: actor, twin critics with targets, optimizers and (optionally) log alpha."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low, action_high, cfg: SACConfig | None = None):
+        self.cfg = cfg = cfg or SACConfig()
+        self.action_low = np.asarray(action_low, np.float32)
+        self.action_high = np.asarray(action_high, np.float32)
+        self.actor = SquashedGaussianActor(obs_dim, act_dim, action_low, action_high, cfg.hidden)
+        self.q1, self.q2 = QNetwork(obs_dim, act_dim, cfg.hidden), QNetwork(obs_dim, act_dim, cfg.hidden)
+        self.q1_targ, self.q2_targ = frozen_copy(self.q1), frozen_copy(self.q2)
+        self.critic_params = list(self.q1.parameters()) + list(self.q2.parameters())
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, fused=True)
+        self.critic_optim = torch.optim.Adam(self.critic_params, lr=cfg.lr, fused=True)
+        self.log_alpha = torch.tensor(float(np.log(cfg.alpha)), requires_grad=cfg.autotune)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=cfg.lr) if cfg.autotune else None
+        self.target_entropy = -float(act_dim)
+        self.rng = np.random.default_rng(np.random.randint(2**31))
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.exp())
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """An action for one observation (or a batch), already within the action bounds."""
+        with torch.no_grad():
+            action, _ = self.actor(torch.as_tensor(obs, dtype=torch.float32), deterministic)
+        return action.numpy()
+
+    def policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """a ~ pi(.|s) for a batch of observations, without gradients (for Bellman targets)."""
+        with torch.no_grad():
+            return self.actor(obs)[0]
+
+    def explore(self, obs: np.ndarray, env_step: int) -> np.ndarray:
+        """Uniformly random actions for the first start_steps steps, then samples of pi."""
+        if env_step < self.cfg.start_steps:
+            return self.rng.uniform(self.action_low, self.action_high).astype(np.float32)
+        return self.act(obs)
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One gradient step on the critics, the actor and (if autotuned) alpha; then Polyak."""
+        obs, act, cfg, alpha = batch["obs"], batch["act"], self.cfg, self.alpha
+        with torch.no_grad():
+            next_act, next_log_pi = self.actor(batch["next_obs"])
+            y = soft_q_target(batch["rew"], batch["done"], self.q1_targ(batch["next_obs"], next_act),
+                              self.q2_targ(batch["next_obs"], next_act), next_log_pi, cfg.gamma, alpha)
+        loss_q = critic_loss(self.q1(obs, act), self.q2(obs, act), y)
+        self.critic_optim.zero_grad(set_to_none=True)
+        loss_q.backward()
+        self.critic_optim.step()
+
+        # The actor's gradient flows through Q into a, not into Q's weights: freeze them meanwhile.
+        for p in self.critic_params:
+            p.requires_grad_(False)
+        action, log_pi = self.actor(obs)
+        loss_pi = actor_loss(self.q1(obs, action), self.q2(obs, action), log_pi, alpha)
+        self.actor_optim.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        self.actor_optim.step()
+        for p in self.critic_params:
+            p.requires_grad_(True)
+
+        info = {"losses/qf_loss": loss_q.item(), "losses/actor_loss": loss_pi.item(), "losses/alpha": alpha}
+        if self.alpha_optim is not None:
+            loss_alpha = alpha_loss(self.log_alpha, log_pi, self.target_entropy)
+            self.alpha_optim.zero_grad(set_to_none=True)
+            loss_alpha.backward()
+            self.alpha_optim.step()
+            info["losses/alpha_loss"] = loss_alpha.item()
+        polyak_update(self.q1_targ, self.q1, cfg.tau)
+        polyak_update(self.q2_targ, self.q2, cfg.tau)
+        return info
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        state = {name: getattr(self, name).state_dict() for name in
+                 ("actor", "q1", "q2", "q1_targ", "q2_targ", "actor_optim", "critic_optim")}
+        state["log_alpha"] = self.log_alpha.detach().clone()
+        if self.alpha_optim is not None:
+            state["alpha_optim"] = self.alpha_optim.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("actor", "q1", "q2", "q1_targ", "q2_targ", "actor_optim", "critic_optim"):
+            getattr(self, name).load_state_dict(state[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        if self.alpha_optim is not None:
+            self.alpha_optim.load_state_dict(state["alpha_optim"])
+
+    def save(self, path: str) -> None:
+        save_checkpoint(self.state_dict(), path)
+
+    def load(self, path: str) -> None:
+        self.load_state_dict(torch.load(path, weights_only=True))
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """torch.save to a temporary file, then an atomic rename: a crash never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
