@@ -249,7 +249,7 @@ class SAC:
 
     @property
     def alpha(self) -> float:
-        return float(self.log_alpha.exp())
+        return float(self.log_alpha.detach().exp())
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """An action for one observation (or a batch), already within the action bounds."""
@@ -332,3 +332,47 @@ def save_checkpoint(state: dict, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- a sanity check
+
+def learn_gym_task(env_id: str = "Pendulum-v1", steps: int = 15000, seed: int = 0,
+                   cfg: SACConfig | None = None, eval_episodes: int = 10) -> float:
+    """Train SAC on a standard Gymnasium task; return the mean deterministic evaluation return."""
+    import gymnasium as gym
+
+    set_seed(seed)
+    env = gym.make(env_id)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, cfg)
+    buffer = ReplayBuffer(obs_dim, act_dim, steps, seed=seed)
+    obs, _ = env.reset(seed=seed)
+    for step in range(steps):
+        action = agent.explore(obs, step)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, 0.0, next_obs, terminated, truncated)
+        obs = env.reset()[0] if terminated or truncated else next_obs
+        if len(buffer) >= agent.cfg.batch_size:
+            agent.update(buffer.sample(agent.cfg.batch_size))
+    returns = []
+    for episode in range(eval_episodes):
+        obs, _ = env.reset(seed=10_000 + episode)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Check that SAC learns a standard Gymnasium task.")
+    parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium id of the task")
+    parser.add_argument("--steps", type=int, default=15000, help="environment steps (one update each)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..seeds-1")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for seed in range(args.seeds):
+        print(f"{args.env} seed {seed}: mean evaluation return {learn_gym_task(args.env, args.steps, seed):.1f}", flush=True)
