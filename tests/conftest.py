@@ -2,6 +2,10 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
+
+# The test networks are tiny: one thread is as fast and immune to oversubscription.
+torch.set_num_threads(1)
 
 
 class LineEnv(gym.Env):
