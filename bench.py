@@ -1,0 +1,392 @@
+"""Speed of every hot path, measured beside a straightforward baseline (issue 6).
+
+Measured in one process: every variant (ours, baseline, the sgemm peak) is timed once per round,
+round-robin, and the median over rounds is reported, so that other jobs on the machine slow all
+variants alike and ratios stay meaningful. FLOPs are counted with torch.utils.flop_counter
+(forward, backward and, for the second-order meta-step, double backward); the FLOP count of our
+version is the "useful work", so a baseline's extra work shows up as a lower speed, not as more
+GFLOP/s. The peak is float32 sgemm on square matrices, on the threads in use.
+
+    python bench.py               # full: a few minutes
+    python bench.py --quick       # seconds
+    python bench.py --threads 1
+
+The baselines below are written the way common implementations write these steps; they exist only
+to be timed against.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+import envs
+import mesa
+from recovery_rl import Safety, phase3_step, safety_bellman_target, sample_class_balanced
+from sac import SAC, ReplayBuffer, soft_q_target
+
+OBS, ACT, BATCH = 17, 6, 256  # HalfCheetah sizes
+TARGETS = {"sac_speedup": 1.3, "meta2_peak_fraction": 0.45, "phase3_overhead": 0.10}
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def loop_polyak(target, source, tau):
+    """Baseline: a python loop over parameters."""
+    for tp, p in zip(target.parameters(), source.parameters()):
+        tp.data.copy_(tau * p.data + (1 - tau) * tp.data)
+
+
+class BaselineSAC:
+    """Baseline SAC update: critics stay trainable in the actor step, log pi is recomputed for the
+    alpha loss, Adam is the per-parameter loop, Polyak is a python loop."""
+
+    def __init__(self, agent: SAC):
+        self.__dict__.update({k: copy.deepcopy(getattr(agent, k)) for k in
+                              ("cfg", "actor", "q1", "q2", "q1_targ", "q2_targ", "target_entropy")})
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=self.cfg.lr)
+        self.critic_optim = torch.optim.Adam(list(self.q1.parameters()) + list(self.q2.parameters()), lr=self.cfg.lr)
+        self.log_alpha = torch.tensor(float(np.log(self.cfg.alpha)), requires_grad=True)
+        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=self.cfg.lr)
+
+    def update(self, batch):
+        obs, act, alpha = batch["obs"], batch["act"], self.log_alpha.exp().item()
+        with torch.no_grad():
+            next_act, next_log_pi = self.actor(batch["next_obs"])
+            y = soft_q_target(batch["rew"], batch["done"], self.q1_targ(batch["next_obs"], next_act),
+                              self.q2_targ(batch["next_obs"], next_act), next_log_pi, self.cfg.gamma, alpha)
+        loss_q = F.mse_loss(self.q1(obs, act), y) + F.mse_loss(self.q2(obs, act), y)
+        self.critic_optim.zero_grad()
+        loss_q.backward()
+        self.critic_optim.step()
+        action, log_pi = self.actor(obs)
+        loss_pi = (alpha * log_pi - torch.min(self.q1(obs, action), self.q2(obs, action))).mean()
+        self.actor_optim.zero_grad()
+        loss_pi.backward()
+        self.actor_optim.step()
+        if self.cfg.autotune:
+            _, log_pi = self.actor(obs)
+            loss_alpha = -(self.log_alpha * (log_pi + self.target_entropy).detach()).mean()
+            self.alpha_optim.zero_grad()
+            loss_alpha.backward()
+            self.alpha_optim.step()
+        loop_polyak(self.q1_targ, self.q1, self.cfg.tau)
+        loop_polyak(self.q2_targ, self.q2, self.cfg.tau)
+
+
+class BaselineSafety:
+    """Baseline Q_risk / pi_rec updates: Q_risk stays trainable in the pi_rec step, loop Adam and Polyak."""
+
+    def __init__(self, safety: Safety):
+        self.cfg = safety.cfg
+        self.q_risk, self.q_risk_targ, self.pi_rec = (copy.deepcopy(m) for m in (safety.q_risk, safety.q_risk_targ, safety.pi_rec))
+        self.q_optim = torch.optim.Adam(self.q_risk.parameters(), lr=self.cfg.lr)
+        self.pi_optim = torch.optim.Adam(self.pi_rec.parameters(), lr=self.cfg.lr)
+
+    def filtered(self, obs, a_task):
+        with torch.no_grad():
+            risky = self.q_risk(obs, a_task) > self.cfg.eps_risk
+            return torch.where(risky.unsqueeze(-1), self.pi_rec(obs), a_task)
+
+    def update(self, batch, policy):
+        with torch.no_grad():
+            y = safety_bellman_target(batch["cost"], self.q_risk_targ(batch["next_obs"], policy(batch["next_obs"])),
+                                      self.cfg.gamma_risk)
+        loss = F.mse_loss(self.q_risk(batch["obs"], batch["act"]), y)
+        self.q_optim.zero_grad()
+        loss.backward()
+        self.q_optim.step()
+        loop_polyak(self.q_risk_targ, self.q_risk, self.cfg.tau_risk)
+        loss_rec = self.q_risk(batch["obs"], self.pi_rec(batch["obs"])).mean()
+        self.pi_optim.zero_grad()
+        loss_rec.backward()
+        self.pi_optim.step()
+
+
+class ListBuffer:
+    """Baseline replay buffer: a list of tuples, random.sample and np.array stacking."""
+
+    def __init__(self, arrays):
+        self.rows = list(zip(*(arrays[k] for k in ("observations", "actions", "rewards", "costs",
+                                                   "next_observations", "terminals"))))
+        self.violations = [row for row in self.rows if row[3] > 0]
+
+    def add(self, *row):
+        self.rows.append(row[:6])
+        if row[3] > 0:
+            self.violations.append(row[:6])
+
+    def _stack(self, rows):
+        obs, act, rew, cost, next_obs, done = map(np.array, zip(*rows))
+        return {"obs": torch.FloatTensor(obs), "act": torch.FloatTensor(act), "rew": torch.FloatTensor(rew),
+                "cost": torch.FloatTensor(cost), "next_obs": torch.FloatTensor(next_obs), "done": torch.FloatTensor(done)}
+
+    def sample(self, n):
+        return self._stack(random.sample(self.rows, n))
+
+    def sample_balanced(self, n, pos_fraction):
+        n_pos = int(round(pos_fraction * n)) if self.violations else 0
+        return self._stack(random.choices(self.violations, k=n_pos) + random.sample(self.rows, n - n_pos))
+
+
+def baseline_meta_step(safety: BaselineSafety, buffers: list[ListBuffer], policy, cfg, optimizer):
+    """Baseline MAML step: targets computed inside the task loop, one backward per task."""
+    optimizer.zero_grad()
+    params = dict(safety.q_risk.named_parameters())
+    for j in random.sample(range(len(buffers)), cfg.tasks_per_step):
+        b_in = buffers[j].sample_balanced(cfg.batch_size, safety.cfg.pos_fraction)
+        b_out = buffers[j].sample_balanced(cfg.batch_size, safety.cfg.pos_fraction)
+        with torch.no_grad():
+            y_in = safety_bellman_target(b_in["cost"], safety.q_risk_targ(b_in["next_obs"], policy(b_in["next_obs"])), safety.cfg.gamma_risk)
+        loss_in = F.mse_loss(functional_call(safety.q_risk, params, (b_in["obs"], b_in["act"])), y_in)
+        grads = torch.autograd.grad(loss_in, list(params.values()), create_graph=cfg.second_order)
+        fast = {name: p - cfg.inner_lr * g for (name, p), g in zip(params.items(), grads)}
+        with torch.no_grad():
+            y_out = safety_bellman_target(b_out["cost"], safety.q_risk_targ(b_out["next_obs"], policy(b_out["next_obs"])), safety.cfg.gamma_risk)
+        F.mse_loss(functional_call(safety.q_risk, fast, (b_out["obs"], b_out["act"])), y_out).backward()
+    optimizer.step()
+    loop_polyak(safety.q_risk_targ, safety.q_risk, safety.cfg.tau_risk)
+
+
+def baseline_phase3_step(env, obs, agent: BaselineSAC, safety: BaselineSafety, task_buffer: ListBuffer,
+                         safety_buffer: ListBuffer):
+    """Baseline Recovery RL step: per-step tensor construction, list buffers, baseline updates."""
+    with torch.no_grad():
+        a_task = agent.actor(torch.FloatTensor(obs).unsqueeze(0))[0]
+    a_exec = safety.filtered(torch.FloatTensor(obs).unsqueeze(0), a_task).squeeze(0).numpy()
+    a_task = a_task.squeeze(0).numpy()
+    next_obs, reward, terminated, truncated, info = env.step(a_exec)
+    task_buffer.add(obs, a_task, reward, info["cost"], next_obs, terminated)
+    safety_buffer.add(obs, a_exec, reward, info["cost"], next_obs, terminated)
+    agent.update(task_buffer.sample(BATCH))
+    policy = lambda o: safety.filtered(o, agent.actor(o)[0])
+    safety.update(safety_buffer.sample_balanced(BATCH, safety.cfg.pos_fraction), policy)
+    return next_obs, terminated or truncated
+
+
+# ----------------------------------------------------------------------------- measurement
+
+@dataclass
+class Case:
+    """One hot path: our version, optionally a baseline, and what one call does."""
+    name: str
+    ours: Callable[[], object]
+    baseline: Callable[[], object] | None = None
+    flops: float = 0.0                     # per call of ours, forward + backward
+    times: dict = field(default_factory=lambda: {"ours": [], "baseline": []})
+
+    def median(self, variant: str) -> float:
+        return statistics.median(self.times[variant]) if self.times[variant] else float("nan")
+
+
+def count_flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def time_per_call(fn, reps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def measure(cases: list[Case], rounds: int, seconds_per_sample: float) -> None:
+    """Round-robin: each round times every variant of every case once, for about seconds_per_sample."""
+    variants = [(case, v) for case in cases for v in ("ours", "baseline") if getattr(case, v) is not None]
+    reps = {}
+    for case, v in variants:  # warm-up and calibration
+        fn = getattr(case, v)
+        fn()
+        reps[case.name, v] = max(1, round(seconds_per_sample / max(time_per_call(fn, 1), 1e-6)))
+    for _ in range(rounds):
+        for case, v in variants:
+            case.times[v].append(time_per_call(getattr(case, v), reps[case.name, v]))
+
+
+# ----------------------------------------------------------------------------- the hot paths
+
+def offline_data(n: int, seed: int = 0, violation_rate: float = 0.05) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"observations": rng.normal(size=(n, OBS)).astype(np.float32),
+            "actions": rng.uniform(-1, 1, (n, ACT)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "costs": (rng.random(n) < violation_rate).astype(np.float32),
+            "next_observations": rng.normal(size=(n, OBS)).astype(np.float32),
+            "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
+
+
+def sgemm_case(n: int) -> Case:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return Case(f"sgemm {n}x{n} (peak)", lambda: torch.mm(a, b), flops=2.0 * n**3)
+
+
+def sac_cases(hp) -> list[Case]:
+    cases = []
+    for autotune in (False, True):
+        agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), dataclasses.replace(hp.sac, autotune=autotune))
+        baseline = BaselineSAC(agent)
+        batch = ReplayBuffer.from_arrays(offline_data(10_000)).sample(BATCH)
+        cases.append(Case("SAC update" + (" (autotune)" if autotune else ""),
+                          lambda agent=agent, batch=batch: agent.update(batch),
+                          lambda baseline=baseline, batch=batch: baseline.update(batch)))
+    return cases
+
+
+def safety_case(hp, agent: SAC) -> Case:
+    safety = Safety(OBS, ACT, -np.ones(ACT), np.ones(ACT), hp.recovery)
+    baseline = BaselineSafety(safety)
+    batch = safety.sample(ReplayBuffer.from_arrays(offline_data(10_000)))
+    policy = safety.composite_policy(agent.policy)
+
+    def ours():
+        safety.update_critic(batch, policy)
+        safety.update_recovery(batch["obs"])
+    return Case("Q_risk + pi_rec update", ours,
+                lambda: baseline.update(batch, lambda o: baseline.filtered(o, agent.policy(o))))
+
+
+def meta_cases(hp, agent: SAC) -> list[Case]:
+    train = [offline_data(20_000, seed=j) for j in range(5)]
+    cases = []
+    for second_order in (True, False):
+        cfg = mesa.MetaConfig(second_order=second_order)
+        safety = Safety(OBS, ACT, -np.ones(ACT), np.ones(ACT), hp.recovery)
+        baseline = BaselineSafety(safety)
+        buffers = [ReplayBuffer.from_arrays(d, seed=j) for j, d in enumerate(train)]
+        list_buffers = [ListBuffer(d) for d in train]
+        optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=cfg.outer_lr)  # as mesa.meta_learn
+        baseline_optimizer = torch.optim.Adam(baseline.q_risk.parameters(), lr=cfg.outer_lr)
+        rng = np.random.default_rng(0)
+        order = "second" if second_order else "first"
+        cases.append(Case(f"MESA meta-step, {order} order (K=5)",
+                          lambda s=safety, b=buffers, c=cfg, o=optimizer: mesa.meta_step(s, b, agent.policy, c, o, rng),
+                          lambda s=baseline, b=list_buffers, c=cfg, o=baseline_optimizer: baseline_meta_step(s, b, agent.policy, c, o)))
+    return cases
+
+
+def phase3_cases(hp) -> tuple[Case, Case]:
+    """One Recovery RL step on HalfCheetah (ours and baseline), and the updates that step contains."""
+    env, baseline_env = envs.make_env("halfcheetah"), envs.make_env("halfcheetah")
+    agent = SAC(OBS, ACT, env.action_space.low, env.action_space.high, hp.sac)
+    safety = Safety(OBS, ACT, env.action_space.low, env.action_space.high, hp.recovery)
+    base_agent, base_safety = BaselineSAC(agent), BaselineSafety(safety)
+    offline = offline_data(20_000)
+    task_buffer = ReplayBuffer(OBS, ACT, 100_000, seed=0)
+    task_buffer.add_arrays({k: v[:BATCH] for k, v in offline.items()})
+    safety_buffer = ReplayBuffer.from_arrays(offline, 100_000, seed=1)
+    base_task_buffer, base_safety_buffer = ListBuffer({k: v[:BATCH] for k, v in offline.items()}), ListBuffer(offline)
+    state = {"obs": env.reset(seed=0)[0], "base_obs": baseline_env.reset(seed=0)[0]}
+    start = hp.sac.start_steps  # past the random-action phase
+
+    def ours():
+        obs, _, _, terminated, truncated, _, _ = phase3_step(env, state["obs"], agent, safety, task_buffer, safety_buffer, start)
+        state["obs"] = env.reset()[0] if terminated or truncated else obs
+
+    def baseline():
+        obs, done = baseline_phase3_step(baseline_env, state["base_obs"], base_agent, base_safety,
+                                         base_task_buffer, base_safety_buffer)
+        state["base_obs"] = baseline_env.reset()[0] if done else obs
+
+    batch, safety_batch = task_buffer.sample(BATCH), safety.sample(safety_buffer)
+    policy = safety.composite_policy(agent.policy)
+
+    def updates():
+        agent.update(batch)
+        safety.update_critic(safety_batch, policy)
+        safety.update_recovery(safety_batch["obs"])
+    return Case("Phase-3 step, HalfCheetah", ours, baseline), Case("  its network updates alone", updates)
+
+
+def env_case(name: str) -> Case:
+    env = envs.make_env(name)
+    rng = np.random.default_rng(0)
+    low, high = env.action_space.low, env.action_space.high
+    env.reset(seed=0)
+
+    def step():
+        _, _, terminated, truncated, _ = env.step(rng.uniform(low, high).astype(np.float32))
+        if terminated or truncated:
+            env.reset()
+    return Case(f"env step: {name}", step)
+
+
+def sampling_cases(hp) -> list[Case]:
+    data = offline_data(100_000)
+    buffer, list_buffer = ReplayBuffer.from_arrays(data, seed=0), ListBuffer(data)
+    pos = hp.recovery.pos_fraction
+    return [Case("ReplayBuffer.sample(256)", lambda: buffer.sample(BATCH), lambda: list_buffer.sample(BATCH)),
+            Case(f"sample_class_balanced(256, {pos})", lambda: sample_class_balanced(buffer, BATCH, pos),
+                 lambda: list_buffer.sample_balanced(BATCH, pos))]
+
+
+# ----------------------------------------------------------------------------- report
+
+def fmt(x: float, spec: str) -> str:
+    return "-" if x != x else format(x, spec)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="Measure every hot path against a straightforward baseline.")
+    parser.add_argument("--quick", action="store_true", help="a few short rounds (seconds)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 15, quick 3)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    random.seed(0)
+    rounds = args.rounds or (3 if args.quick else 15)
+    seconds = 0.02 if args.quick else 0.15
+
+    hp = mesa.paper_hyperparameters("halfcheetah")
+    peaks = [sgemm_case(1024)] + ([] if args.quick else [sgemm_case(2048)])
+    sac = sac_cases(hp)
+    agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), hp.sac)  # the task policy inside Bellman targets
+    meta = meta_cases(hp, agent)
+    phase3, updates = phase3_cases(hp)
+    hot = sac + [safety_case(hp, agent)] + meta + [phase3, updates]
+    cases = peaks + hot + [env_case(name) for name in envs.ENV_NAMES] + sampling_cases(hp)
+    for case in hot:
+        case.flops = count_flops(case.ours)
+    measure(cases, rounds, seconds)
+
+    peak = max(c.flops / c.median("ours") for c in peaks)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} rounds round-robin, medians; "
+          f"sgemm peak {peak / 1e9:.1f} GFLOP/s\n")
+    print("| hot path | ours (ms, median) | baseline (ms) | speedup | GFLOP per call | GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|")
+    rows = {}
+    for c in cases:
+        ours, base = c.median("ours"), c.median("baseline")
+        rate = c.flops / ours if c.flops else float("nan")
+        rows[c.name] = {"ours_s": ours, "baseline_s": base, "flops": c.flops, "peak_fraction": rate / peak}
+        print(f"| {c.name} | {ours * 1e3:.3f} | {fmt(base * 1e3, '.3f')} | {fmt(base / ours, '.2f')} | "
+              f"{fmt(c.flops / 1e9 if c.flops else float('nan'), '.3f')} | {fmt(rate / 1e9, '.1f')} | {fmt(100 * rate / peak, '.0f')} |")
+    print("\nenvironment steps/s (random actions): " +
+          ", ".join(f"{n} {1 / rows[f'env step: {n}']['ours_s']:.0f}" for n in envs.ENV_NAMES))
+
+    overhead = 1 - updates.median("ours") / phase3.median("ours")
+    results = {"SAC update >= 1.3x baseline": (sac[0].median("baseline") / sac[0].median("ours"), TARGETS["sac_speedup"]),
+               "second-order meta-step >= 45% of peak": (rows[meta[0].name]["peak_fraction"], TARGETS["meta2_peak_fraction"]),
+               "Phase-3 overhead outside updates <= 10%": (overhead, TARGETS["phase3_overhead"])}
+    print()
+    for (label, (value, target)), lower_is_better in zip(results.items(), (False, False, True)):
+        ok = value <= target if lower_is_better else value >= target
+        print(f"{'PASS' if ok else 'MISS'}  {label}: measured {value:.3g}")
+    return {"peak_flops": peak, "rows": rows, "targets": results}
+
+
+if __name__ == "__main__":
+    main()
