@@ -1,0 +1,185 @@
+"""Measuring and reporting MESA runs: the safety critic's AUROC, episode logs, summaries, figures.
+
+Kept apart from run.py so that run.py reads as the experiment (phases, caching, workers) and this
+module as the bookkeeping around it. Nothing here trains anything.
+
+- `auroc`: the area under the ROC curve of scores against binary labels, rank-based
+  (Mann-Whitney U), ties counted as one half; written with numpy, no scikit-learn.
+- `danger_labels`: a held-out transition is positive when a violation happens at it or within the
+  next `horizon` steps of the same rollout (run.py uses horizon = round(1 / (1 - gamma_risk)), the
+  effective horizon of the discounted violation probability Q_risk estimates).
+- `summarise`: per environment, mean +- standard error over seeds of the final cumulative
+  violations and the final return / success rate (mean over the last 10% of episodes), and two
+  figures in the style of the paper's Figure 3: cumulative violations vs. episode and the learning
+  curve, mean +- s.e. shaded, one colour per method.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
+           "cumulative_violations")
+COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red"}
+LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA"}
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write to a temporary file next to `path`, then rename: readers never see half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+
+
+def episodes_csv(rows: list[dict]) -> str:
+    """The episodes.csv text: one row per Phase-3 episode, cumulative violations appended."""
+    out, total = io.StringIO(), 0
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        total += int(row["violation"])
+        writer.writerow([row[c] if c != "cumulative_violations" else total for c in COLUMNS])
+    return out.getvalue()
+
+
+def read_episodes(path: str) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {c: np.array([float(r[c]) for r in rows]) for c in COLUMNS}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def auroc(scores, labels) -> float:
+    """P(score of a random positive > score of a random negative), ties counting 1/2; nan if a class is empty.
+
+    AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg), R_pos the sum of the positives'
+    1-based ranks, tied scores sharing their average rank.
+    """
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)   # average rank of each tie group
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def danger_labels(costs, terminals, timeouts, horizon: float) -> np.ndarray:
+    """True where a violation happens at the transition or within `horizon` later steps of its rollout.
+
+    Rows are in collection order; a rollout ends at a row with terminal or timeout set.
+    """
+    labels = np.zeros(len(costs), bool)
+    steps_to_violation = np.inf
+    for i in range(len(costs) - 1, -1, -1):
+        if terminals[i] or timeouts[i]:
+            steps_to_violation = np.inf        # the rows after this one belong to another rollout
+        if costs[i] > 0:
+            steps_to_violation = 0
+        labels[i] = steps_to_violation <= horizon
+        steps_to_violation += 1
+    return labels
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error (std with ddof=1 over sqrt(n); 0 for a single value)."""
+    values = np.asarray(values, np.float64)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(se)
+
+
+# ----------------------------------------------------------------------------- summary
+
+def final_value(values: np.ndarray) -> float:
+    """The mean over the last 10% of episodes (at least one): "final" return or success rate."""
+    return float(np.nanmean(values[-max(1, len(values) // 10):]))
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing running mean over `window` episodes (shorter at the start)."""
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    start = np.maximum(0, idx - window)
+    return (sums[idx] - sums[start]) / (idx - start)
+
+
+def _curves(runs: list[dict], key: str, window: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = min(len(r[key]) for r in runs)
+    stacked = np.stack([smooth(r[key][:n], window) for r in runs])
+    se = stacked.std(0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(n)
+    return np.arange(1, n + 1), stacked.mean(0), se
+
+
+def _figure(path: str, by_method: dict, key: str, ylabel: str, title: str, window: int = 1) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method, runs in by_method.items():
+        x, mean, se = _curves(runs, key, window)
+        ax.plot(x, mean, color=COLOURS.get(method), label=LABELS.get(method, method))
+        ax.fill_between(x, mean - se, mean + se, color=COLOURS.get(method), alpha=0.25, linewidth=0)
+    ax.set(xlabel="Episode", ylabel=ylabel, title=title)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+def _critic_cell(metrics: list[dict], phase: str) -> str:
+    values = [m["critic"][phase]["auroc"] for m in metrics if m.get("critic", {}).get(phase)]
+    values = [v for v in values if v == v]   # drop nan (no positives or negatives)
+    return "-" if not values else "{:.3f} ± {:.3f}".format(*mean_se(values))
+
+
+def summarise(env_dir: str, env: str, methods, seeds, has_success: bool) -> str:
+    """Write summary.md and the two figures for one environment; return the markdown table."""
+    by_method, metrics = {}, {}
+    for method in methods:
+        runs = [os.path.join(env_dir, method, f"seed{s}") for s in seeds]
+        runs = [r for r in runs if os.path.exists(os.path.join(r, "episodes.csv"))]
+        if runs:
+            by_method[method] = [read_episodes(os.path.join(r, "episodes.csv")) for r in runs]
+            metrics[method] = [json.load(open(os.path.join(r, "metrics.json"))) for r in runs]
+    key, name = ("success", "success rate") if has_success else ("return", "return")
+    lines = [f"# {env}: {len(seeds)} seed(s), mean ± standard error over seeds", "",
+             f"| method | seeds | episodes | cumulative violations | final {name} | final return "
+             f"| Q_risk AUROC after Phase 1 | after Phase 2 |", "|---|---|---|---|---|---|---|---|"]
+    for method, runs in by_method.items():
+        violations = mean_se([r["cumulative_violations"][-1] for r in runs])
+        score = mean_se([final_value(r[key]) for r in runs])
+        ret = mean_se([final_value(r["return"]) for r in runs])
+        lines.append(f"| {LABELS.get(method, method)} | {len(runs)} | {len(runs[0]['episode'])} "
+                     f"| {violations[0]:.1f} ± {violations[1]:.1f} | {score[0]:.3g} ± {score[1]:.2g} "
+                     f"| {ret[0]:.1f} ± {ret[1]:.1f} | {_critic_cell(metrics[method], 'after_phase1')} "
+                     f"| {_critic_cell(metrics[method], 'after_phase2')} |")
+    table = "\n".join(lines)
+    notes = ("\n\nFinal values: mean over the last 10% of episodes. AUROC: Q_risk on held-out "
+             "test-environment transitions against violations within ~1/(1 - gamma_risk) steps.\n\n"
+             "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
+    atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
+    if by_method:
+        _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method, "cumulative_violations",
+                "Cumulative violations", env)
+        n = min(len(r["episode"]) for runs in by_method.values() for r in runs)
+        _figure(os.path.join(env_dir, "learning_curve.png"), by_method, key,
+                name.capitalize(), env, window=max(1, n // 20))
+    return table

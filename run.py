@@ -1,0 +1,406 @@
+"""Run MESA and its comparisons end to end: datasets, Phase 1, Phase 2, Phase 3, summary, figures.
+
+    python run.py                      # quick comparison of the four methods on navigation1
+    python run.py --env maze,cartpole --seeds 3 --preset quick --workers 2
+
+For each (env, method, seed) job (SPEC sections 4-5):
+  1. set_seed(seed); a fresh SAC agent; its policy at initialisation gives the Bellman targets of
+     Phases 1-2 (recovery_rl docstring).
+  2. Phase 1 (mesa.phase1) on the training datasets (MESA, Multi-Task) or D_test (RRL), then
+     Phase 2 (mesa.phase2) on D_test. The safety critic is scored after each phase on a held-out
+     random-policy collection from the test environment (loss against the Bellman targets, and
+     AUROC against report.danger_labels). Both phases are cached in phase2.pt.
+  3. Reseed, then Phase 3 (recovery_rl.learn_online) in the test environment. The safety buffer
+     starts as D_test for every method that has one; the training datasets are used in Phase 1 only.
+Outputs: <out>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt, episodes.csv} and
+<out>/<env>/{summary.md, cumulative_violations.png, learning_curve.png}. episodes.csv is written
+last and marks a finished run; a rerun with the same configuration skips it.
+
+Presets: `paper` is SPEC sections 6 and 8 (plus PAPER_EPISODES, our choice: SPEC is silent);
+`quick` scales steps, widths and batches down to fit a 2-core CPU (README, "Running"); `smoke`
+runs every phase in seconds, for tests.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import inspect
+import json
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import gymnasium
+import mujoco
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import datasets
+import envs
+import mesa
+import report
+from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig
+from recovery_rl import RecoveryConfig, Safety, learn_online, safety_critic_loss
+from sac import SAC, ReplayBuffer, SACConfig, save_checkpoint, set_seed
+
+DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
+HELDOUT_SEED = 998            # D_test is file seed 999 (datasets.py): a different random collection
+HELDOUT_SIZE = {"smoke": 200, "quick": 5000, "paper": 10000}
+MUJOCO = ("halfcheetah", "ant")
+# Phase-3 episodes of the paper preset: SPEC is silent; chosen to cover the plotted range.
+PAPER_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 300,
+                  "halfcheetah": 200, "ant": 200}
+QUICK_EPISODES = {"navigation1": 40, "navigation2": 40, "maze": 40, "cartpole": 30,
+                  "halfcheetah": 15, "ant": 15}
+
+# Preset changes to the paper's hyperparameters, as {"group.field": value}.
+QUICK = {"sac.hidden": (128, 128), "recovery.hidden": (128, 128), "sac.batch_size": 128,
+         "recovery.batch_size": 128, "meta.batch_size": 128, "multitask.batch_size": 128,
+         "rrl.batch_size": 128, "sac.start_steps": 500, "meta.steps": 500,
+         "multitask.steps": 1000, "rrl.steps": 1000}
+QUICK_MUJOCO = {**QUICK, "sac.start_steps": 1000, "meta.steps": 1000, "multitask.steps": 2000,
+                "rrl.steps": 2000}
+SMOKE = {"sac.hidden": (16, 16), "recovery.hidden": (16, 16), "sac.batch_size": 16,
+         "recovery.batch_size": 16, "meta.batch_size": 16, "multitask.batch_size": 16,
+         "rrl.batch_size": 16, "adapt.batch_size": 16, "sac.start_steps": 20, "meta.steps": 3,
+         "meta.tasks_per_step": 2, "multitask.steps": 3, "rrl.steps": 3, "adapt.steps": 3}
+
+
+# ----------------------------------------------------------------------------- configuration
+
+GROUPS = {  # Hyperparameters field -> (dataclass, what it configures)
+    "sac": (SACConfig, "SAC task policy (Phase 3)"),
+    "recovery": (RecoveryConfig, "safety critic Q_risk and recovery policy pi_rec"),
+    "meta": (MetaConfig, "MESA Phase 1 (MAML over the training datasets)"),
+    "multitask": (FitConfig, "Multi-Task Phase 1 (Adam on the pooled training datasets); its lr is "
+                             "also Multi-Task's Phase-2/3 lr of Q_risk and pi_rec"),
+    "rrl": (FitConfig, "RRL Phase 1 (Adam on D_test); its lr is also RRL's Phase-3 lr"),
+    "adapt": (FitConfig, "Phase 2 adaptation on D_test (MESA, Multi-Task); lr: --meta-inner-lr / "
+                         "--multitask-lr"),
+}
+SKIPPED = {"recovery.lr", "adapt.lr"}   # never used: each method sets its own lr (mesa.phase2_lr)
+FIT_DOCS = {"steps": "Adam steps", "lr": "Adam learning rate", "batch_size": "transitions per step"}
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The one-line comment after each field of a config dataclass (its documentation)."""
+    pattern = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
+    return dict(pattern.findall(inspect.getsource(cls))) or FIT_DOCS
+
+
+def preset_config(env: str, preset: str) -> tuple[Hyperparameters, int]:
+    """(hyperparameters, Phase-3 episodes) of a preset: the paper's, scaled for quick and smoke."""
+    hp = mesa.paper_hyperparameters(env)
+    if preset == "paper":
+        return hp, PAPER_EPISODES[env]
+    changes = SMOKE if preset == "smoke" else QUICK_MUJOCO if env in MUJOCO else QUICK
+    return apply(hp, changes), 2 if preset == "smoke" else QUICK_EPISODES[env]
+
+
+def apply(hp: Hyperparameters, changes: dict) -> Hyperparameters:
+    """A copy of hp with {"group.field": value} changes, validated (ValueError on nonsense)."""
+    groups = {name: dataclasses.replace(getattr(hp, name)) for name in GROUPS}
+    for key, value in changes.items():
+        group, name = key.split(".")
+        setattr(groups[group], name, value)
+    groups = {name: dataclasses.replace(cfg) for name, cfg in groups.items()}   # re-validates
+    s, r = groups["sac"], groups["recovery"]
+    for label, value in (("tau", s.tau), ("tau_risk", r.tau_risk)):
+        mesa._check(0 <= value <= 1, f"{label} must lie in [0, 1], got {value}")
+    mesa._check(s.alpha > 0, f"alpha must be positive, got {s.alpha}")
+    mesa._check(s.start_steps >= 0, f"start_steps must be >= 0, got {s.start_steps}")
+    mesa._check(all(h >= 1 for h in s.hidden + r.hidden), "hidden sizes must be >= 1")
+    return Hyperparameters(**groups)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Run MESA, Multi-Task, RRL and Unconstrained SAC end to end (README, Running).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--env", nargs="+", default=["navigation1"],
+                        help=f"environments, comma or space separated, or 'all': {', '.join(envs.ENV_NAMES)}")
+    parser.add_argument("--methods", nargs="+", default=["all"], help=f"subset of {', '.join(METHODS)}")
+    parser.add_argument("--seeds", nargs="+", default=["2"],
+                        help="one number N: seeds 0..N-1; several (or comma separated): those seeds")
+    parser.add_argument("--preset", choices=datasets.PRESETS, default="quick",
+                        help="sizes: paper (SPEC), quick (2-core CPU), smoke (seconds, tests)")
+    parser.add_argument("--out", default="results", help="results folder")
+    parser.add_argument("--data-root", default="data", help="dataset cache folder")
+    parser.add_argument("--test-variant", default="default", help='test task; "partial" for halfcheetah')
+    parser.add_argument("--workers", type=int, default=1, help="(method, seed) jobs run in parallel")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per job (default: cores // workers)")
+    parser.add_argument("--episodes", type=int, default=None, help="Phase-3 episodes (default: the preset's)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None,
+                        help="hidden widths of every network (sets --sac-hidden and --recovery-hidden)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="tqdm bars per phase (off automatically with --workers > 1)")
+    for group, (cls, title) in GROUPS.items():
+        section, docs = parser.add_argument_group(f"{group}: {title}"), field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if f"{group}.{f.name}" in SKIPPED:
+                continue
+            kind = {"int": dict(type=int), "float": dict(type=float),
+                    "bool": dict(action=argparse.BooleanOptionalAction),
+                    "tuple[int, ...]": dict(type=int, nargs="+")}[f.type]
+            section.add_argument(f"--{group}-{f.name.replace('_', '-')}", dest=f"{group}.{f.name}",
+                                 default=None, help=f"{docs.get(f.name, '')} (preset value if unset)", **kind)
+    return parser
+
+
+def split_names(values: list[str], valid: tuple[str, ...], what: str, parser) -> list[str]:
+    names = [n for v in values for n in v.replace(",", " ").split()]
+    if names == ["all"]:
+        return list(valid)
+    for n in names:
+        if n not in valid:
+            parser.error(f"unknown {what} {n!r}; choose from {', '.join(valid)} or all")
+    return list(dict.fromkeys(names))
+
+
+def parse_seeds(values: list[str], parser) -> list[int]:
+    try:
+        seeds = [int(s) for v in values for s in v.replace(",", " ").split()]
+    except ValueError:
+        parser.error(f"--seeds takes integers, got {' '.join(values)}")
+    if len(seeds) == 1:
+        if seeds[0] < 1:
+            parser.error(f"--seeds N needs N >= 1, got {seeds[0]}")
+        return list(range(seeds[0]))
+    if min(seeds) < 0:
+        parser.error("seeds must be >= 0")
+    return list(dict.fromkeys(seeds))
+
+
+# ----------------------------------------------------------------------------- one run
+
+@dataclasses.dataclass
+class Job:
+    env: str
+    method: str
+    seed: int
+    preset: str
+    hp: Hyperparameters
+    episodes: int
+    out: str
+    data_root: str
+    test_variant: str
+    progress: bool
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.out, self.env, self.method, f"seed{self.seed}")
+
+    def key(self, phase3: bool = True) -> str:
+        """Hash of what the result depends on; phase3=False: only what Phases 1-2 depend on."""
+        hp = dataclasses.asdict(self.hp)
+        if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape
+            hp["sac"] = {"hidden": hp["sac"]["hidden"]}
+        what = {"env": self.env, "method": self.method, "seed": self.seed, "preset": self.preset,
+                "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": hp,
+                "episodes": self.episodes if phase3 else None}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
+    """A random-policy collection from the test environment, seeded apart from D_test; cached."""
+    path = os.path.join(root, preset, env, f"heldout_{variant}.npz")
+    n = max(HELDOUT_SIZE[preset], datasets.PRESET_SPECS[preset][env].n_test)
+    if os.path.exists(path):
+        data = datasets.load_dataset(path)
+        if data["seed"] == HELDOUT_SEED and len(data["rewards"]) == n:
+            return data
+    task = envs.test_task(env, variant)
+    data = datasets.collect(env, task, n, HELDOUT_SEED, datasets.PRESET_SPECS[preset][env], use_sac=False)
+    datasets.save_dataset(path, data, env=env, task=task, seed=HELDOUT_SEED)
+    return datasets.load_dataset(path)
+
+
+def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
+    """MSE of Q_risk against its Bellman targets, and AUROC of Q_risk against upcoming violations."""
+    batch = {"obs": torch.from_numpy(heldout["observations"]), "act": torch.from_numpy(heldout["actions"]),
+             "cost": torch.from_numpy(heldout["costs"]),
+             "next_obs": torch.from_numpy(heldout["next_observations"])}
+    gamma = safety.cfg.gamma_risk
+    horizon = round(1.0 / (1.0 - gamma)) if gamma < 1 else np.inf
+    labels = report.danger_labels(heldout["costs"], heldout["terminals"], heldout["timeouts"], horizon)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)                     # the same target samples for every evaluation
+        q = safety.q_risk(batch["obs"], batch["act"])
+        loss = safety_critic_loss(q, safety.targets(batch, policy)).item()
+    return {"loss": loss, "auroc": report.auroc(q.numpy(), labels), "positives": int(labels.sum()),
+            "transitions": len(labels), "label_horizon": float(horizon)}
+
+
+def progress_bar(job: Job, phase: str, total: int):
+    return tqdm(total=total, desc=f"{job.env}/{job.method}/seed{job.seed} {phase}", leave=False,
+                disable=not job.progress or total == 0, mininterval=0.5, file=sys.stderr)
+
+
+def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, heldout: dict) -> dict:
+    """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}."""
+    hp, method, timings, critic = job.hp, job.method, {}, {}
+    test_buffer = ReplayBuffer.from_arrays(test, seed=job.seed)
+    train_buffers = [ReplayBuffer.from_arrays(d, seed=job.seed + 1 + i) for i, d in enumerate(train)] \
+        if method in ("mesa", "multitask") else []
+    steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps, "rrl": hp.rrl.steps}[method]
+    for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if method != "rrl" else 0)):
+        t0 = time.perf_counter()
+        with progress_bar(job, phase, total) as bar:
+            callback = lambda step, metrics: bar.update(1)  # noqa: E731
+            if phase == "phase1":
+                mesa.phase1(method, safety, train_buffers, test_buffer, policy, hp, job.seed, callback)
+            else:
+                mesa.phase2(method, safety, test_buffer, policy, hp, callback)
+        timings[phase] = time.perf_counter() - t0
+        critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
+    return {"timings": timings, "critic": critic}
+
+
+def run_one(job: Job) -> dict:
+    """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
+    t_start = time.perf_counter()
+    train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
+    env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant))
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    set_seed(job.seed)
+    agent = SAC(obs_dim, act_dim, low, high, job.hp.sac)
+    safety = None if job.method == "unconstrained" else Safety(obs_dim, act_dim, low, high, job.hp.recovery)
+    info = {"timings": {}, "critic": {}}
+    if safety is not None:
+        cache, key = os.path.join(job.folder, "phase2.pt"), job.key(phase3=False)
+        state = torch.load(cache, weights_only=True) if os.path.exists(cache) else None
+        if state is not None and state["key"] == key:
+            safety.load_state_dict(state["safety"])
+            info = {"timings": state["timings"], "critic": state["critic"], "phase2_cached": True}
+        else:
+            heldout = heldout_set(job.env, job.preset, job.data_root, job.test_variant)
+            info = offline_phases(job, safety, agent.policy, train, test, heldout)
+            os.makedirs(job.folder, exist_ok=True)
+            save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
+
+    set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
+    rows, t0 = [], time.perf_counter()
+    with progress_bar(job, "phase3", job.episodes) as bar:
+        for row in learn_online(env, agent, safety, job.episodes, job.seed,
+                                offline=test if safety is not None else None):
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
+    env.close()
+    info["timings"]["phase3"] = time.perf_counter() - t0
+    info["timings"]["total"] = time.perf_counter() - t_start
+    write_run(job, info, rows)
+    return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
+            "success": float(np.nanmean([r["success"] for r in rows])), "seconds": info["timings"]["total"]}
+
+
+def versions() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__, "git_commit": commit or "unknown"}
+
+
+def write_run(job: Job, info: dict, rows: list[dict]) -> None:
+    """config.json and metrics.json first, episodes.csv last: its presence marks a finished run."""
+    config = {"env": job.env, "method": job.method, "seed": job.seed, "preset": job.preset,
+              "episodes": job.episodes, "test_variant": job.test_variant, "data_seed": DATA_SEED,
+              "data_root": job.data_root, "hyperparameters": dataclasses.asdict(job.hp),
+              "phase2_lr": job.hp.phase2_lr(job.method), "run_key": job.key(), "torch_threads":
+              torch.get_num_threads(), "versions": versions(), "command": sys.argv}
+    report.write_json(os.path.join(job.folder, "config.json"), config)
+    report.write_json(os.path.join(job.folder, "metrics.json"), info)
+    report.atomic_write(os.path.join(job.folder, "episodes.csv"), report.episodes_csv(rows))
+
+
+def finished(job: Job) -> bool:
+    """A run is finished when its episodes.csv exists and its config has the same run key."""
+    try:
+        with open(os.path.join(job.folder, "config.json")) as f:
+            same = json.load(f)["run_key"] == job.key()
+        return same and os.path.exists(os.path.join(job.folder, "episodes.csv"))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_jobs(jobs: list[Job], workers: int, threads: int) -> None:
+    """Run the jobs one after another, or in `workers` spawned processes; print a line per run."""
+    def line(r):
+        j = r["job"]
+        score = f"success {r['success']:.2f}" if envs.HAS_SUCCESS[j.env] else f"last return {r['return']:.1f}"
+        print(f"done {j.env}/{j.method}/seed{j.seed}: {j.episodes} episodes, {r['violations']} violations, "
+              f"{score}, {r['seconds']:.0f} s", flush=True)
+    if workers <= 1:
+        for job in jobs:
+            line(run_one(job))
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
+            line(future.result())
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env_names = split_names(args.env, envs.ENV_NAMES, "environment", parser)
+    methods = split_names(args.methods, METHODS, "method", parser)
+    seeds = parse_seeds(args.seeds, parser)
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--workers and --threads must be >= 1")
+    if args.episodes is not None and args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
+                 if "." in k and v is not None}
+    if args.hidden is not None:
+        overrides = {"sac.hidden": tuple(args.hidden), "recovery.hidden": tuple(args.hidden), **overrides}
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    torch.set_num_threads(threads)
+
+    jobs = []
+    for env in env_names:
+        try:
+            hp, episodes = preset_config(env, args.preset)
+            hp = apply(hp, overrides)
+        except ValueError as e:
+            parser.error(str(e))
+        jobs += [Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
+                     args.test_variant, args.progress and args.workers == 1) for m in methods for s in seeds]
+    try:   # datasets before the workers start: no two processes ever generate the same file
+        for env in env_names:
+            datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)
+            heldout_set(env, args.preset, args.data_root, args.test_variant)
+    except (datasets.DatasetError, ValueError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+    todo = [j for j in jobs if not finished(j)]
+    for job in jobs:
+        if job not in todo:
+            print(f"skipped {job.env}/{job.method}/seed{job.seed}: finished ({job.folder}/episodes.csv)")
+    run_jobs(todo, args.workers, threads)
+    for env in env_names:
+        env_dir = os.path.join(args.out, env)
+        print(f"\n{report.summarise(env_dir, env, methods, seeds, envs.HAS_SUCCESS[env])}")
+        print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
+
+
+if __name__ == "__main__":
+    main()
