@@ -38,8 +38,8 @@ Choices where the papers are silent, and deviations from the authors' code:
   within the geom margin, 1 cm for the Ant). Ant: Gymnasium's healthy-z termination is turned off
   (terminate_when_unhealthy=False) and its contact cost dropped; the torso-floor contact is the only
   thing that ends an episode early. Ant "leg i" is the actuator pair (2i, 2i+1) in the model's
-  actuator order: leg 0 = hip_4/ankle_4 (right back), 1 = hip_1/ankle_1 (front left),
-  2 = hip_2/ankle_2 (front right), 3 = hip_3/ankle_3 (back left).
+  actuator order: leg 0 = hip_4/ankle_4 (body "right_back_leg"), 1 = hip_1/ankle_1
+  ("front_left_leg"), 2 = hip_2/ankle_2 ("front_right_leg"), 3 = hip_3/ankle_3 ("back_leg").
 - Observations: float32 for the point envs, float64 for the MuJoCo ones (Gymnasium's convention).
 """
 from __future__ import annotations
