@@ -1,0 +1,16 @@
+"""bench.py's quick mode: the output structure and the FLOP counts (no timing assertions)."""
+import bench
+
+
+def test_quick_bench_reports_every_hot_path_with_positive_flop_counts(capsys):
+    report = bench.main(["--quick", "--rounds", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "| hot path | ours (ms, median) | baseline (ms) | speedup | GFLOP per call | GFLOP/s | % of peak |" in out
+    rows = report["rows"]
+    meta2, meta1 = rows["MESA meta-step, second order (K=5)"], rows["MESA meta-step, first order (K=5)"]
+    for name in ("SAC update", "SAC update (autotune)", "Q_risk + pi_rec update", "Phase-3 step, HalfCheetah"):
+        assert rows[name]["flops"] > 0 and rows[name]["ours_s"] > 0 and rows[name]["baseline_s"] > 0
+    assert meta2["flops"] > meta1["flops"] > 0  # the double backward is counted
+    assert all(f"env step: {name}" in rows for name in bench.envs.ENV_NAMES)
+    assert report["peak_flops"] > 0
+    assert out.count("PASS") + out.count("MISS") == len(report["targets"]) == 3
