@@ -304,7 +304,8 @@ def run_one(job: Job) -> dict:
     info["timings"]["total"] = time.perf_counter() - t_start
     write_run(job, info, rows)
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
-            "success": float(np.nanmean([r["success"] for r in rows])), "seconds": info["timings"]["total"]}
+            "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
+            "seconds": info["timings"]["total"]}
 
 
 def versions() -> dict:
