@@ -14,7 +14,7 @@ ENVS = ("navigation1", "cartpole")
 
 
 def smoke(out, data_root, *extra):
-    run.main(["--preset", "smoke", "--seeds", "1", "--threads", "1", "--no-progress",
+    run.main(["--preset", "smoke", "--seeds", "1", "--workers", "1", "--threads", "1", "--no-progress",
               "--out", str(out), "--data-root", str(data_root), *extra])
 
 
