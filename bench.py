@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import os
 import random
 import statistics
 import time
@@ -37,7 +38,8 @@ import mesa
 from recovery_rl import Safety, phase3_step, safety_bellman_target, sample_class_balanced
 from sac import SAC, ReplayBuffer, soft_q_target
 
-OBS, ACT, BATCH = 17, 6, 256  # HalfCheetah sizes
+OBS, ACT = 17, 6  # HalfCheetah sizes
+BATCH = 256       # every batch; main() sets it from --batch
 TARGETS = {"sac_speedup": 1.3, "meta2_peak_fraction": 0.45, "phase3_overhead": 0.10}
 
 
@@ -226,6 +228,14 @@ def measure(cases: list[Case], rounds: int, seconds_per_sample: float) -> None:
 
 # ----------------------------------------------------------------------------- the hot paths
 
+def halfcheetah_hyperparameters(hidden: int, batch: int) -> mesa.Hyperparameters:
+    """The paper's HalfCheetah hyperparameters with hidden x hidden networks and batches of `batch`."""
+    hp = mesa.paper_hyperparameters("halfcheetah")
+    hp.sac.hidden = hp.recovery.hidden = (hidden, hidden)
+    hp.sac.batch_size = hp.recovery.batch_size = hp.meta.batch_size = batch
+    return hp
+
+
 def offline_data(n: int, seed: int = 0, violation_rate: float = 0.05) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"observations": rng.normal(size=(n, OBS)).astype(np.float32),
@@ -270,7 +280,7 @@ def meta_cases(hp, agent: SAC) -> list[Case]:
     train = [offline_data(20_000, seed=j) for j in range(5)]
     cases = []
     for second_order in (True, False):
-        cfg = mesa.MetaConfig(second_order=second_order)
+        cfg = dataclasses.replace(hp.meta, second_order=second_order)
         safety = Safety(OBS, ACT, -np.ones(ACT), np.ones(ACT), hp.recovery)
         baseline = BaselineSafety(safety)
         buffers = [ReplayBuffer.from_arrays(d, seed=j) for j, d in enumerate(train)]
@@ -335,8 +345,8 @@ def sampling_cases(hp) -> list[Case]:
     data = offline_data(100_000)
     buffer, list_buffer = ReplayBuffer.from_arrays(data, seed=0), ListBuffer(data)
     pos = hp.recovery.pos_fraction
-    return [Case("ReplayBuffer.sample(256)", lambda: buffer.sample(BATCH), lambda: list_buffer.sample(BATCH)),
-            Case(f"sample_class_balanced(256, {pos})", lambda: sample_class_balanced(buffer, BATCH, pos),
+    return [Case(f"ReplayBuffer.sample({BATCH})", lambda: buffer.sample(BATCH), lambda: list_buffer.sample(BATCH)),
+            Case(f"sample_class_balanced({BATCH}, {pos})", lambda: sample_class_balanced(buffer, BATCH, pos),
                  lambda: list_buffer.sample_balanced(BATCH, pos))]
 
 
@@ -351,6 +361,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a few short rounds (seconds)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 15, quick 3)")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden width of every network (paper: 256)")
+    parser.add_argument("--batch", type=int, default=256, help="every batch size (paper: 256)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time, which leaves out time spent waiting for a core while other "
                              "jobs run (meaningful with --threads 1; with more, spinning threads count too)")
@@ -363,7 +375,9 @@ def main(argv=None) -> dict:
     rounds = args.rounds or (3 if args.quick else 15)
     seconds = 0.02 if args.quick else 0.15
 
-    hp = mesa.paper_hyperparameters("halfcheetah")
+    global BATCH
+    BATCH = args.batch
+    hp = halfcheetah_hyperparameters(args.hidden, args.batch)
     peaks = [sgemm_case(1024)] + ([] if args.quick else [sgemm_case(2048)])
     sac = sac_cases(hp)
     agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), hp.sac)  # the task policy inside Bellman targets
@@ -377,7 +391,10 @@ def main(argv=None) -> dict:
 
     peak_per_round = [max(c.flops / t for c, t in zip(peaks, ts)) for ts in zip(*(c.times["ours"] for c in peaks))]
     peak = statistics.median(peak_per_round)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {rounds} rounds round-robin, medians; "
+    load = os.getloadavg()[0]
+    print(f"load average {load:.1f} on {os.cpu_count()} cores" + (" - other jobs shared the machine" if load > 1.5 else ""))
+    print(f"HalfCheetah sizes, 2 x {args.hidden} networks, batches of {BATCH}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {rounds} rounds round-robin, medians; "
           f"sgemm peak {peak / 1e9:.1f} GFLOP/s (median over rounds)\n")
     print("| hot path | ours (ms, median) | baseline (ms) | speedup | GFLOP per call | GFLOP/s | % of peak |")
     print("|---|---|---|---|---|---|---|")
