@@ -406,6 +406,9 @@ def test_task(name: str, variant: str = "default") -> dict:
     return dict(TEST_TASKS[(name, variant)])
 
 
+test_task.__test__ = False                  # not a pytest test, even when imported into one
+
+
 def make_env(name: str, task: dict | None = None, terminate_on_violation: bool = True,
              **kwargs) -> gymnasium.Env:
     """gymnasium.make of the named env with a task (None = the default test task), time-limited."""
