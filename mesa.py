@@ -25,18 +25,13 @@ import torch
 from torch.func import functional_call
 
 from recovery_rl import Policy, RecoveryConfig, Safety, safety_critic_loss
-from sac import ReplayBuffer, SACConfig, polyak_update
+from sac import ReplayBuffer, SACConfig, polyak_update, require
 
 METHODS = ("unconstrained", "rrl", "multitask", "mesa")
 Callback = Callable[[int, dict], None]  # (step, metrics) after every optimisation step
 
 
 # ----------------------------------------------------------------------------- hyperparameters
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
 
 @dataclass
 class MetaConfig:
@@ -50,11 +45,11 @@ class MetaConfig:
     second_order: bool = True    # differentiate through the inner step (False: first-order MAML)
 
     def __post_init__(self):
-        _check(self.steps >= 0, f"meta steps must be >= 0, got {self.steps}")
-        _check(self.tasks_per_step >= 1, f"tasks per meta-step must be >= 1, got {self.tasks_per_step}")
-        _check(self.batch_size >= 1, f"meta batch size must be >= 1, got {self.batch_size}")
-        _check(self.inner_lr >= 0 and self.outer_lr > 0, f"MESA learning rates must be positive, got {self.inner_lr}, {self.outer_lr}")
-        _check(self.inner_steps >= 1, f"inner steps must be >= 1, got {self.inner_steps}")
+        require(self.steps >= 0, f"meta steps must be >= 0, got {self.steps}")
+        require(self.tasks_per_step >= 1, f"tasks per meta-step must be >= 1, got {self.tasks_per_step}")
+        require(self.batch_size >= 1, f"meta batch size must be >= 1, got {self.batch_size}")
+        require(self.inner_lr >= 0 and self.outer_lr > 0, f"MESA learning rates must be positive, got {self.inner_lr}, {self.outer_lr}")
+        require(self.inner_steps >= 1, f"inner steps must be >= 1, got {self.inner_steps}")
 
 
 @dataclass
@@ -65,9 +60,9 @@ class FitConfig:
     batch_size: int = 256
 
     def __post_init__(self):
-        _check(self.steps >= 0, f"training steps must be >= 0, got {self.steps}")
-        _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
-        _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        require(self.steps >= 0, f"training steps must be >= 0, got {self.steps}")
+        require(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -79,15 +74,6 @@ class Hyperparameters:
     multitask: FitConfig = field(default_factory=FitConfig)                     # Phase 1, eta = 3e-4
     rrl: FitConfig = field(default_factory=FitConfig)                           # Phase 1 on D_test
     adapt: FitConfig = field(default_factory=lambda: FitConfig(steps=500))     # Phase 2 (lr set per method)
-
-    def __post_init__(self):
-        r = self.recovery
-        _check(0 <= r.eps_risk <= 1, f"eps_risk must lie in [0, 1], got {r.eps_risk}")
-        _check(0 <= r.gamma_risk <= 1, f"gamma_risk must lie in [0, 1], got {r.gamma_risk}")
-        _check(0 <= r.pos_fraction <= 1, f"pos_fraction must lie in [0, 1], got {r.pos_fraction}")
-        _check(0 <= self.sac.gamma <= 1, f"gamma must lie in [0, 1], got {self.sac.gamma}")
-        _check(r.lr > 0 and self.sac.lr > 0, "learning rates must be positive")
-        _check(min(r.batch_size, self.sac.batch_size) >= 1, "batch sizes must be >= 1")
 
     def phase2_lr(self, method: str) -> float:
         """Phase 2 and Phase 3 lr of Q_risk / pi_rec: alpha1 for MESA, eta for Multi-Task, RRL's own."""
@@ -109,7 +95,7 @@ def paper_hyperparameters(env: str) -> Hyperparameters:
         hp.recovery.pos_fraction = 0.3
     hp.recovery.gamma_risk = 0.65 if env == "navigation2" else 0.8
     hp.recovery.eps_risk = 0.3 if env in ("navigation1", "ant") else 0.1
-    return dataclasses.replace(hp)  # re-validates
+    return hp
 
 
 # ----------------------------------------------------------------------------- MAML, by hand

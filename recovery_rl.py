@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sac import SAC, ReplayBuffer, frozen_copy, mlp, polyak_update
+from sac import SAC, ReplayBuffer, frozen_copy, mlp, polyak_update, require
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
 
@@ -38,6 +38,14 @@ class RecoveryConfig:
     batch_size: int = 256        # transitions per Q_risk / pi_rec update
     pos_fraction: float = 0.0    # share of each Q_risk batch drawn from violating transitions
     hidden: tuple[int, ...] = (256, 256)
+
+    def __post_init__(self):
+        for name in ("gamma_risk", "eps_risk", "tau_risk", "pos_fraction"):
+            value = getattr(self, name)
+            require(0 <= value <= 1, f"{name} must lie in [0, 1], got {value}")
+        require(self.lr > 0, f"safety learning rate must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"safety batch size must be >= 1, got {self.batch_size}")
+        require(all(h >= 1 for h in self.hidden), f"hidden sizes must be >= 1, got {self.hidden}")
 
 
 # ----------------------------------------------------------------------------- networks

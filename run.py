@@ -112,14 +112,7 @@ def apply(hp: Hyperparameters, changes: dict) -> Hyperparameters:
     for key, value in changes.items():
         group, name = key.split(".")
         setattr(groups[group], name, value)
-    groups = {name: dataclasses.replace(cfg) for name, cfg in groups.items()}   # re-validates
-    s, r = groups["sac"], groups["recovery"]
-    for label, value in (("tau", s.tau), ("tau_risk", r.tau_risk)):
-        mesa._check(0 <= value <= 1, f"{label} must lie in [0, 1], got {value}")
-    mesa._check(s.alpha > 0, f"alpha must be positive, got {s.alpha}")
-    mesa._check(s.start_steps >= 0, f"start_steps must be >= 0, got {s.start_steps}")
-    mesa._check(all(h >= 1 for h in s.hidden + r.hidden), "hidden sizes must be >= 1")
-    return Hyperparameters(**groups)
+    return Hyperparameters(**{name: dataclasses.replace(cfg) for name, cfg in groups.items()})  # re-validates
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def require(condition: bool, message: str) -> None:
+    """Refuse a nonsense setting with a one-line message (config dataclasses call this)."""
+    if not condition:
+        raise ValueError(message)
+
+
 def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Sequential:
     """The one MLP builder of the project: Linear-ReLU blocks, then a linear output layer."""
     layers, width = [], in_dim
@@ -227,6 +233,15 @@ class SACConfig:
     autotune: bool = False       # tune alpha toward the target entropy -|A|
     start_steps: int = 1000      # environment steps with uniformly random actions
     hidden: tuple[int, ...] = (256, 256)  # hidden widths of every network
+
+    def __post_init__(self):
+        require(0 <= self.gamma <= 1, f"gamma must lie in [0, 1], got {self.gamma}")
+        require(0 <= self.tau <= 1, f"tau must lie in [0, 1], got {self.tau}")
+        require(self.lr > 0, f"SAC learning rate must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"SAC batch size must be >= 1, got {self.batch_size}")
+        require(self.alpha > 0, f"alpha must be positive, got {self.alpha}")
+        require(self.start_steps >= 0, f"start_steps must be >= 0, got {self.start_steps}")
+        require(all(h >= 1 for h in self.hidden), f"hidden sizes must be >= 1, got {self.hidden}")
 
 
 class SAC:

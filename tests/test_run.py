@@ -104,7 +104,7 @@ def test_workers_run_jobs_in_parallel_processes(tmp_path, data_root):
     (["--methods", "mesa,sqrl"], "unknown method 'sqrl'"),
     (["--recovery-eps-risk", "1.5"], "eps_risk must lie in [0, 1], got 1.5"),
     (["--episodes", "-3"], "--episodes must be >= 1"),
-    (["--sac-batch-size", "0"], "batch sizes must be >= 1"),
+    (["--sac-batch-size", "0"], "SAC batch size must be >= 1"),
     (["--meta-steps", "-1"], "meta steps must be >= 0"),
     (["--seeds", "x"], "--seeds takes integers"),
 ])
