@@ -160,17 +160,20 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool) -> str:
             by_method[method] = [read_episodes(os.path.join(r, "episodes.csv")) for r in runs]
             metrics[method] = [json.load(open(os.path.join(r, "metrics.json"))) for r in runs]
     key, name = ("success", "success rate") if has_success else ("return", "return")
+    finals = ["success", "return"] if has_success else ["return"]   # the final-value columns
+    header = ["method", "seeds", "episodes", "cumulative violations", *(f"final {n}" if n == "return" else "final success rate" for n in finals),
+              "Q_risk AUROC after Phase 1", "after Phase 2"]
     lines = [f"# {env}: {len(seeds)} seed(s), mean ± standard error over seeds", "",
-             f"| method | seeds | episodes | cumulative violations | final {name} | final return "
-             f"| Q_risk AUROC after Phase 1 | after Phase 2 |", "|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, runs in by_method.items():
         violations = mean_se([r["cumulative_violations"][-1] for r in runs])
-        score = mean_se([final_value(r[key]) for r in runs])
-        ret = mean_se([final_value(r["return"]) for r in runs])
-        lines.append(f"| {LABELS.get(method, method)} | {len(runs)} | {len(runs[0]['episode'])} "
-                     f"| {violations[0]:.1f} ± {violations[1]:.1f} | {score[0]:.3g} ± {score[1]:.2g} "
-                     f"| {ret[0]:.1f} ± {ret[1]:.1f} | {_critic_cell(metrics[method], 'after_phase1')} "
-                     f"| {_critic_cell(metrics[method], 'after_phase2')} |")
+        cells = [LABELS.get(method, method), str(len(runs)), str(len(runs[0]["episode"])),
+                 f"{violations[0]:.1f} ± {violations[1]:.1f}"]
+        for column in finals:
+            mean, se = mean_se([final_value(r[column]) for r in runs])
+            cells.append(f"{mean:.3g} ± {se:.2g}" if column == "success" else f"{mean:.1f} ± {se:.1f}")
+        cells += [_critic_cell(metrics[method], "after_phase1"), _critic_cell(metrics[method], "after_phase2")]
+        lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     notes = ("\n\nFinal values: mean over the last 10% of episodes. AUROC: Q_risk on held-out "
              "test-environment transitions against violations within ~1/(1 - gamma_risk) steps.\n\n"
