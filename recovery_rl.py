@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sac import SAC, ReplayBuffer, frozen_copy, mlp, polyak_update, require
+from sac import SAC, QNetwork, ReplayBuffer, frozen_copy, mlp, polyak_update, require
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
 
@@ -50,15 +50,11 @@ class RecoveryConfig:
 
 # ----------------------------------------------------------------------------- networks
 
-class SafetyCritic(nn.Module):
+class SafetyCritic(QNetwork):
     """Q_risk(s, a) = sigmoid(MLP(concat(s, a))), in [0, 1] (MESA appendix A.2).  # (B,)"""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden=(256, 256)):
-        super().__init__()
-        self.net = mlp(obs_dim + act_dim, 1, hidden)
-
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(torch.cat([obs, act], dim=-1))).squeeze(-1)
+        return torch.sigmoid(super().forward(obs, act))
 
 
 class RecoveryPolicy(nn.Module):
