@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import sys
@@ -47,11 +48,10 @@ import numpy as np
 import torch
 
 import envs
-from sac import SAC, ReplayBuffer, SACConfig, set_seed
+from sac import FIELDS, SAC, ReplayBuffer, SACConfig, atomic_write, set_seed
 
 FORMAT_VERSION = 1
 PRESETS = ("smoke", "quick", "paper")
-FIELDS = ("observations", "actions", "rewards", "costs", "next_observations", "terminals", "timeouts")
 DIMS = {"navigation1": (2, 2), "navigation2": (2, 2), "maze": (2, 2), "cartpole": (4, 1),
         "halfcheetah": (17, 6), "ant": (27, 8)}          # (obs_dim, act_dim), checked by a test
 
@@ -199,15 +199,6 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_dataset(path, data: dict[str, np.ndarray], *, env: str, task: dict, seed: int) -> None:
     """Validate, then write one dataset .npz atomically."""
     arrays = {key: np.asarray(data[key]) for key in FIELDS if key in data}
@@ -215,8 +206,9 @@ def save_dataset(path, data: dict[str, np.ndarray], *, env: str, task: dict, see
     meta = {"env": np.array(env), "seed": np.array(seed, np.int64),
             "format_version": np.array(FORMAT_VERSION, np.int64)}
     meta.update({f"task_{k}": np.asarray(v, np.float64) for k, v in task.items()})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_write(str(path), lambda f: np.savez(f, **arrays, **meta))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, **meta)
+    atomic_write(str(path), buffer.getvalue())
 
 
 def load_dataset(path, expected_sha256: str | None = None) -> dict:
@@ -264,7 +256,7 @@ def _read_manifest(folder: str) -> dict:
 
 def _write_manifest(folder: str, manifest: dict) -> None:
     text = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _atomic_write(os.path.join(folder, "manifest.json"), lambda f: f.write(text))
+    atomic_write(os.path.join(folder, "manifest.json"), text)
 
 
 def get_datasets(env: str, preset: str, root: str = "data", test_variant: str = "default",

@@ -26,6 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sac import atomic_write  # noqa: E402
+
 COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
            "cumulative_violations")
 COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red"}
@@ -33,15 +35,6 @@ LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Ta
 
 
 # ----------------------------------------------------------------------------- files
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Write to a temporary file next to `path`, then rename: readers never see half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
 
 def write_json(path: str, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")

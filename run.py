@@ -48,7 +48,7 @@ import mesa
 import report
 from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig
 from recovery_rl import RecoveryConfig, Safety, learn_online, safety_critic_loss
-from sac import SAC, ReplayBuffer, SACConfig, save_checkpoint, set_seed
+from sac import SAC, ReplayBuffer, SACConfig, atomic_write, save_checkpoint, set_seed
 
 DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
 HELDOUT_SEED = 998            # D_test is file seed 999 (datasets.py): a different random collection
@@ -323,7 +323,7 @@ def write_run(job: Job, info: dict, rows: list[dict]) -> None:
               torch.get_num_threads(), "versions": versions(), "command": sys.argv}
     report.write_json(os.path.join(job.folder, "config.json"), config)
     report.write_json(os.path.join(job.folder, "metrics.json"), info)
-    report.atomic_write(os.path.join(job.folder, "episodes.csv"), report.episodes_csv(rows))
+    atomic_write(os.path.join(job.folder, "episodes.csv"), report.episodes_csv(rows))
 
 
 def finished(job: Job) -> bool:

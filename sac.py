@@ -13,6 +13,7 @@ log pi is computed once per update and reused for the alpha loss; both give iden
 from __future__ import annotations
 
 import copy
+import io
 import os
 import random
 from dataclasses import dataclass
@@ -342,11 +343,25 @@ class SAC:
         self.load_state_dict(torch.load(path, weights_only=True))
 
 
-def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save to a temporary file, then an atomic rename: a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write to a temporary file next to `path`, then rename: a crash never leaves half a file.
+
+    The one way every module of the project writes a file (checkpoints, datasets, results).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """torch.save, written atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(str(path), buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- a sanity check
