@@ -239,6 +239,32 @@ def load_dataset(path, expected_sha256: str | None = None) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- input scaling
+def observation_scale(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of a dataset's observations (a constant dimension gets std 1).
+
+    run.py standardises every network input with D_test's statistics, for every method alike
+    (README "Design choices": raw navigation coordinates saturate the tanh policies).
+    """
+    obs = data["observations"].astype(np.float64)
+    std = obs.std(0)
+    return obs.mean(0).astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def scaled(data: dict, mean: np.ndarray, std: np.ndarray) -> dict:
+    """A copy of a dataset whose observations and next observations are (o - mean) / std."""
+    return {**data, **{k: ((data[k] - mean) / std).astype(np.float32)
+                       for k in ("observations", "next_observations")}}
+
+
+def head(data: dict, fraction: float) -> dict:
+    """The first round(fraction * n) transitions of a dataset (whole rollouts first: SPEC Figure 6)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"test fraction must lie in (0, 1], got {fraction}")
+    n = max(1, round(fraction * len(data["rewards"])))
+    return {**data, **{k: data[k][:n] for k in FIELDS}}
+
+
 # ----------------------------------------------------------------------------- cache
 def _read_manifest(folder: str) -> dict:
     path = os.path.join(folder, "manifest.json")

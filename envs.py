@@ -416,3 +416,9 @@ def make_env(name: str, task: dict | None = None, terminate_on_violation: bool =
     task = test_task(name) if task is None else task
     return gymnasium.make(ENV_IDS[name], terminate_on_violation=terminate_on_violation,
                           **task, **kwargs)
+
+
+def scaled_observations(env: gymnasium.Env, mean: np.ndarray, std: np.ndarray) -> gymnasium.Env:
+    """env whose observations are (o - mean) / std, the scaling the datasets got (datasets.scaled)."""
+    space = spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
+    return gymnasium.wrappers.TransformObservation(env, lambda o: ((o - mean) / std).astype(np.float32), space)

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per job (default: cores // workers)")
     parser.add_argument("--episodes", type=int, default=None, help="Phase-3 episodes (default: the preset's)")
+    parser.add_argument("--test-fraction", type=float, default=1.0,
+                        help="use the first fraction of D_test, in (0, 1] (paper Figure 6; default 1)")
+    parser.add_argument("--scale-inputs", action=argparse.BooleanOptionalAction, default=True,
+                        help="standardise observations with D_test's mean and std, for every method "
+                             "(default: on; --no-scale-inputs feeds raw observations)")
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="hidden widths of every network (sets --sac-hidden and --recovery-hidden)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -193,6 +198,8 @@ class Job:
     data_root: str
     test_variant: str
     progress: bool
+    test_fraction: float = 1.0   # share of D_test used (paper Figure 6)
+    scale_inputs: bool = True    # standardise observations with D_test's statistics
 
     @property
     def folder(self) -> str:
@@ -205,6 +212,7 @@ class Job:
             hp["sac"] = {"hidden": hp["sac"]["hidden"]}
         what = {"env": self.env, "method": self.method, "seed": self.seed, "preset": self.preset,
                 "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": hp,
+                "test_fraction": self.test_fraction, "scale_inputs": self.scale_inputs,
                 "episodes": self.episodes if phase3 else None}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -264,11 +272,26 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
     return {"timings": timings, "critic": critic}
 
 
+def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
+    """(training datasets, D_test, test env, scaling of further datasets) as the job's networks see them.
+
+    D_test is cut to job.test_fraction; with job.scale_inputs every observation, offline and online,
+    is standardised with the statistics of that D_test (README "Design choices").
+    """
+    train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
+    test = datasets.head(test, job.test_fraction)
+    env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant))
+    if not job.scale_inputs:
+        return train, test, env, lambda data: data
+    mean, std = datasets.observation_scale(test)
+    scale = lambda data: datasets.scaled(data, mean, std)   # noqa: E731
+    return [scale(d) for d in train], scale(test), envs.scaled_observations(env, mean, std), scale
+
+
 def run_one(job: Job) -> dict:
     """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
     t_start = time.perf_counter()
-    train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
-    env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant))
+    train, test, env, scale = load_inputs(job)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     set_seed(job.seed)
@@ -282,7 +305,7 @@ def run_one(job: Job) -> dict:
             safety.load_state_dict(state["safety"])
             info = {"timings": state["timings"], "critic": state["critic"], "phase2_cached": True}
         else:
-            heldout = heldout_set(job.env, job.preset, job.data_root, job.test_variant)
+            heldout = scale(heldout_set(job.env, job.preset, job.data_root, job.test_variant))
             info = offline_phases(job, safety, agent.policy, train, test, heldout)
             os.makedirs(job.folder, exist_ok=True)
             save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
@@ -369,6 +392,8 @@ def main(argv=None) -> None:
         parser.error("--workers and --threads must be >= 1")
     if args.episodes is not None and args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if not 0 < args.test_fraction <= 1:
+        parser.error(f"--test-fraction must lie in (0, 1], got {args.test_fraction}")
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if "." in k}
     if args.hidden is not None:
         overrides = {"sac.hidden": tuple(args.hidden), "recovery.hidden": tuple(args.hidden), **overrides}
@@ -383,7 +408,8 @@ def main(argv=None) -> None:
         except ValueError as e:
             parser.error(str(e))
         jobs += [Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
-                     args.test_variant, args.progress and args.workers == 1) for m in methods for s in seeds]
+                     args.test_variant, args.progress and args.workers == 1, args.test_fraction,
+                     args.scale_inputs) for m in methods for s in seeds]
     try:   # datasets before the workers start: no two processes ever generate the same file
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)
