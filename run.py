@@ -252,12 +252,17 @@ def progress_bar(job: Job, phase: str, total: int):
                 disable=not job.progress or total == 0, mininterval=0.5, file=sys.stderr)
 
 
+def offline_buffers(job: Job, train: list, test: dict) -> tuple[list[ReplayBuffer], ReplayBuffer]:
+    """Replay buffers of the training datasets (MESA and Multi-Task only) and of D_test."""
+    train_buffers = [ReplayBuffer.from_arrays(d, seed=job.seed + 1 + i) for i, d in enumerate(train)] \
+        if job.method in ("mesa", "multitask") else []
+    return train_buffers, ReplayBuffer.from_arrays(test, seed=job.seed)
+
+
 def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, heldout: dict) -> dict:
     """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}."""
     hp, method, timings, critic = job.hp, job.method, {}, {}
-    test_buffer = ReplayBuffer.from_arrays(test, seed=job.seed)
-    train_buffers = [ReplayBuffer.from_arrays(d, seed=job.seed + 1 + i) for i, d in enumerate(train)] \
-        if method in ("mesa", "multitask") else []
+    train_buffers, test_buffer = offline_buffers(job, train, test)
     steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps, "rrl": hp.rrl.steps}[method]
     for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if method != "rrl" else 0)):
         t0 = time.perf_counter()

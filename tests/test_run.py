@@ -107,6 +107,7 @@ def test_workers_run_jobs_in_parallel_processes(tmp_path, data_root):
     (["--sac-batch-size", "0"], "SAC batch size must be >= 1"),
     (["--meta-steps", "-1"], "meta steps must be >= 0"),
     (["--seeds", "x"], "--seeds takes integers"),
+    (["--test-fraction", "0"], "--test-fraction must lie in (0, 1]"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

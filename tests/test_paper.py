@@ -1,0 +1,69 @@
+"""Input scaling, the D_test share of Figure 6, and paper.py's Figure-2 experiment on the smoke preset."""
+import json
+
+import numpy as np
+import pytest
+
+import datasets
+import envs
+import paper
+import run
+from conftest import random_dataset
+
+
+def test_scaled_env_sees_what_the_scaled_dataset_holds():
+    raw = envs.make_env("navigation1")
+    mean, std = np.array([-40.0, 1.0], np.float32), np.array([30.0, 4.0], np.float32)
+    scaled = envs.scaled_observations(envs.make_env("navigation1"), mean, std)
+    o_raw, _ = raw.reset(seed=3)
+    o_scaled, _ = scaled.reset(seed=3)
+    np.testing.assert_allclose(o_scaled, (o_raw - mean) / std, rtol=1e-6)
+    as_dataset = datasets.scaled({"observations": o_raw[None], "next_observations": o_raw[None]}, mean, std)
+    np.testing.assert_allclose(as_dataset["observations"][0], o_scaled, rtol=1e-6)
+    assert scaled.observation_space.contains(o_scaled)
+
+
+def test_observation_scale_standardises_and_leaves_constant_dimensions_alone():
+    data = random_dataset(500, 3, 2)
+    data["observations"][:, 0] = 7.0
+    mean, std = datasets.observation_scale(data)
+    z = datasets.scaled(data, mean, std)["observations"]
+    assert std[0] == 1.0 and np.all(z[:, 0] == 0.0)
+    np.testing.assert_allclose(z[:, 1:].mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z[:, 1:].std(0), 1.0, atol=1e-4)
+
+
+def test_head_keeps_the_first_transitions():
+    data = random_dataset(100, 3, 2)
+    part = datasets.head(data, 1 / 16)
+    assert len(part["rewards"]) == 6 and all(len(part[k]) == 6 for k in datasets.FIELDS)
+    np.testing.assert_array_equal(part["observations"], data["observations"][:6])
+    assert len(datasets.head(data, 1e-9)["rewards"]) == 1
+    with pytest.raises(ValueError, match="test fraction must lie in"):
+        datasets.head(data, 0.0)
+
+
+def test_test_fraction_and_scaling_change_the_run_key():
+    hp, episodes = run.preset_config("navigation1", "smoke")
+    base = run.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
+    keys = {base.key(), run.Job(**{**base.__dict__, "test_fraction": 0.5}).key(),
+            run.Job(**{**base.__dict__, "scale_inputs": False}).key()}
+    assert len(keys) == 3
+
+
+def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper, "ADAPT_STEPS", (0, 1, 4))
+    monkeypatch.setattr(paper, "HEATMAP_STEPS", (0, 4))
+    monkeypatch.setattr(paper, "FIGURE2_SEEDS", 1)
+    table = paper.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
+    assert "Multi-Task | auroc" in table and "MESA | loss" in table
+    results = json.load(open(tmp_path / "figure2" / "adaptation.json"))
+    assert [r["method"] for r in results] == ["multitask", "mesa"]
+    for r in results:
+        assert [p["step"] for p in r["curve"]] == [0, 1, 4]
+        assert all(0 <= p["auroc"] <= 1 and p["loss"] >= 0 for p in r["curve"])
+        before, after = (np.array(r["heatmaps"][k]) for k in ("0", "4"))
+        assert before.shape == (61, 61) and np.all((before >= 0) & (before <= 1))
+        assert not np.allclose(before, after)       # adaptation moved the critic
+    assert (tmp_path / "figure2" / "heatmaps.png").stat().st_size > 0
+    assert (tmp_path / "figure2" / "adaptation.png").stat().st_size > 0
