@@ -12,6 +12,8 @@ Parts (SPEC section 9):
               the partial-power-loss test task (paper Figure 6, section 6.2).
   outer_lr    MESA's Phase-1 critic on HalfCheetah and Ant at outer learning rates OUTER_LRS, the
               same number of meta-steps each: is the paper's alpha2 = 1e-5 why it lags Multi-Task?
+  eps_risk    Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS (the same
+              grid for every method): is the filter threshold why no method avoids violations?
 Outputs go under --out (run.py's layout for the runs), plus figure2/, figure6/, outer_lr/ and
 RESULTS_<part>.md, the tables the README quotes.
 """
@@ -39,7 +41,7 @@ import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import SAC, atomic_write, set_seed  # noqa: E402
 
-PARTS = ("comparison", "figure2", "figure6", "outer_lr")
+PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk")
 COMPARISON_SEEDS = 5
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
@@ -48,6 +50,8 @@ FIGURE6_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0625)
 FIGURE6_SEEDS = 3
 OUTER_LRS = (1e-5, 1e-4, 1e-3)
 OUTER_LR_SEEDS = 3
+EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
+EPS_SEEDS = 3
 HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
 
 
@@ -226,6 +230,30 @@ def outer_lr(out: str, preset: str, workers: int, data_root: str = "data") -> st
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- eps_risk
+
+def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    prepare("navigation1", preset, data_root)
+    methods = ("rrl", "multitask", "mesa")
+    folders = {eps: out if eps == run.preset_config("navigation1", preset)[0].recovery.eps_risk
+               else os.path.join(out, "eps_risk", f"eps{eps:g}") for eps in EPS_RISKS}
+    jobs = [job("navigation1", m, s, folders[eps], preset, data_root, **{"recovery.eps_risk": eps})
+            for eps in EPS_RISKS for m in methods for s in range(EPS_SEEDS)]
+    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    lines = ["| eps_risk | method | cumulative violations | final success rate | recovery fraction |",
+             "|---|---|---|---|---|"]
+    for eps in EPS_RISKS:
+        for m in methods:
+            eps_runs = [report.read_episodes(os.path.join(folders[eps], "navigation1", m, f"seed{s}", "episodes.csv"))
+                        for s in range(EPS_SEEDS)]
+            v, ok, rec = (report.mean_se(x) for x in ([e["cumulative_violations"][-1] for e in eps_runs],
+                                                       [report.final_value(e["success"]) for e in eps_runs],
+                                                       [e["recovery_fraction"].mean() for e in eps_runs]))
+            lines.append(f"| {eps:g} | {report.LABELS[m]} | {v[0]:.1f} ± {v[1]:.1f} | {ok[0]:.2f} ± {ok[1]:.2f} | "
+                         f"{rec[0]:.2f} ± {rec[1]:.2f} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- all of it
 
 def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> str:
@@ -244,7 +272,8 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    parts = {"comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr}
+    parts = {"comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
+             "eps_risk": eps_risk}
     for name in args.only:
         print(f"== {name}", flush=True)
         table = parts[name](args.out, args.preset, args.workers, args.data_root)
