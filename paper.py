@@ -14,6 +14,8 @@ Parts (SPEC section 9):
               same number of meta-steps each: is the paper's alpha2 = 1e-5 why it lags Multi-Task?
   eps_risk    Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS (the same
               grid for every method): is the filter threshold why no method avoids violations?
+  long        Navigation 1 and 2, the four methods, Phase 3 as long as run.PAPER_EPISODES, from the
+              comparison's cached Phases 1-2: does the picture change once SAC has time to learn?
 Outputs go under --out (run.py's layout for the runs), plus figure2/, figure6/, outer_lr/ and
 RESULTS_<part>.md, the tables the README quotes.
 """
@@ -24,6 +26,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 
 import matplotlib
@@ -41,7 +44,7 @@ import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import SAC, atomic_write, set_seed  # noqa: E402
 
-PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk")
+PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long")
 COMPARISON_SEEDS = 5
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
@@ -52,6 +55,8 @@ OUTER_LRS = (1e-5, 1e-4, 1e-3)
 OUTER_LR_SEEDS = 3
 EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
 EPS_SEEDS = 3
+LONG_ENVS = ("navigation1", "navigation2")   # Phase 3 as long as the paper preset's
+LONG_SEEDS = 3
 HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
 
 
@@ -59,8 +64,8 @@ def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str,
     """A run.py job with the preset's configuration; changes go to Job fields or "group.field"s."""
     hp, episodes = run.preset_config(env, preset)
     hp = run.apply(hp, {k: v for k, v in changes.items() if "." in k})
-    fields = {"test_variant": "default", **{k: v for k, v in changes.items() if "." not in k}}
-    return run.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, episodes=episodes, out=out,
+    fields = {"test_variant": "default", "episodes": episodes, **{k: v for k, v in changes.items() if "." not in k}}
+    return run.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
                    data_root=data_root, progress=False, **fields)
 
 
@@ -254,6 +259,25 @@ def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> st
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- long Phase 3
+
+def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    """The comparison's runs continued to the paper preset's number of Phase-3 episodes."""
+    folder, tables = os.path.join(out, "long"), []
+    for env in LONG_ENVS:
+        jobs = [job(env, m, s, folder, preset, data_root, episodes=run.PAPER_EPISODES[env])
+                for m in mesa.METHODS for s in range(LONG_SEEDS)]
+        for j in jobs:   # Phases 1-2 do not depend on the number of episodes: reuse the comparison's
+            cached = os.path.join(out, env, j.method, f"seed{j.seed}", "phase2.pt")
+            if os.path.exists(cached) and not os.path.exists(os.path.join(j.folder, "phase2.pt")):
+                os.makedirs(j.folder, exist_ok=True)
+                shutil.copyfile(cached, os.path.join(j.folder, "phase2.pt"))
+        run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+        tables.append(report.summarise(os.path.join(folder, env), env, mesa.METHODS, range(LONG_SEEDS),
+                                       envs.HAS_SUCCESS[env]))
+    return "\n\n".join(tables)
+
+
 # ----------------------------------------------------------------------------- all of it
 
 def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> str:
@@ -273,7 +297,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     parts = {"comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
-             "eps_risk": eps_risk}
+             "eps_risk": eps_risk, "long": long_phase3}
     for name in args.only:
         print(f"== {name}", flush=True)
         table = parts[name](args.out, args.preset, args.workers, args.data_root)
