@@ -14,8 +14,9 @@ Parts (SPEC section 9):
               same number of meta-steps each: is the paper's alpha2 = 1e-5 why it lags Multi-Task?
   eps_risk    Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS (the same
               grid for every method): is the filter threshold why no method avoids violations?
-  long        Navigation 1 and 2, the four methods, Phase 3 as long as run.PAPER_EPISODES, from the
-              comparison's cached Phases 1-2: does the picture change once SAC has time to learn?
+  long        Navigation 1 (the paper preset's 300 episodes) and HalfCheetah (100), the four
+              methods, Phase 3 continued from the comparison's cached Phases 1-2: does the picture
+              change once SAC has time to learn?
 Outputs go under --out (run.py's layout for the runs), plus figure2/, figure6/, outer_lr/ and
 RESULTS_<part>.md, the tables the README quotes.
 """
@@ -55,7 +56,7 @@ OUTER_LRS = (1e-5, 1e-4, 1e-3)
 OUTER_LR_SEEDS = 3
 EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
 EPS_SEEDS = 3
-LONG_ENVS = ("navigation1", "navigation2")   # Phase 3 as long as the paper preset's
+LONG_EPISODES = {"navigation1": run.PAPER_EPISODES["navigation1"], "halfcheetah": 100}
 LONG_SEEDS = 3
 HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
 
@@ -264,8 +265,8 @@ def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> st
 def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") -> str:
     """The comparison's runs continued to the paper preset's number of Phase-3 episodes."""
     folder, tables = os.path.join(out, "long"), []
-    for env in LONG_ENVS:
-        jobs = [job(env, m, s, folder, preset, data_root, episodes=run.PAPER_EPISODES[env])
+    for env, episodes in LONG_EPISODES.items():
+        jobs = [job(env, m, s, folder, preset, data_root, episodes=episodes)
                 for m in mesa.METHODS for s in range(LONG_SEEDS)]
         for j in jobs:   # Phases 1-2 do not depend on the number of episodes: reuse the comparison's
             cached = os.path.join(out, env, j.method, f"seed{j.seed}", "phase2.pt")
