@@ -76,6 +76,19 @@ def prepare(env: str, preset: str, data_root: str, variant: str = "default") -> 
     run.heldout_set(env, preset, data_root, variant)
 
 
+def reuse_offline_phases(out: str, jobs: list[run.Job]) -> None:
+    """Copy the comparison's cached Phases 1-2 (phase2.pt) into the jobs' folders.
+
+    run.py reuses a copy only where its key matches, i.e. where nothing Phases 1-2 depend on
+    changed (the number of episodes and eps_risk do not enter them).
+    """
+    for j in jobs:
+        cached = os.path.join(out, j.env, j.method, f"seed{j.seed}", "phase2.pt")
+        if j.method != "unconstrained" and os.path.exists(cached) and not os.path.exists(os.path.join(j.folder, "phase2.pt")):
+            os.makedirs(j.folder, exist_ok=True)
+            shutil.copyfile(cached, os.path.join(j.folder, "phase2.pt"))
+
+
 def parallel(function, jobs: list, workers: int) -> list:
     """function(job) for every job in `workers` spawned single-thread processes, in order."""
     if workers <= 1:
@@ -245,6 +258,7 @@ def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> st
                else os.path.join(out, "eps_risk", f"eps{eps:g}") for eps in EPS_RISKS}
     jobs = [job("navigation1", m, s, folders[eps], preset, data_root, **{"recovery.eps_risk": eps})
             for eps in EPS_RISKS for m in methods for s in range(EPS_SEEDS)]
+    reuse_offline_phases(out, jobs)
     run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
     lines = ["| eps_risk | method | cumulative violations | final success rate | recovery fraction |",
              "|---|---|---|---|---|"]
@@ -268,11 +282,7 @@ def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") ->
     for env, episodes in LONG_EPISODES.items():
         jobs = [job(env, m, s, folder, preset, data_root, episodes=episodes)
                 for m in mesa.METHODS for s in range(LONG_SEEDS)]
-        for j in jobs:   # Phases 1-2 do not depend on the number of episodes: reuse the comparison's
-            cached = os.path.join(out, env, j.method, f"seed{j.seed}", "phase2.pt")
-            if os.path.exists(cached) and not os.path.exists(os.path.join(j.folder, "phase2.pt")):
-                os.makedirs(j.folder, exist_ok=True)
-                shutil.copyfile(cached, os.path.join(j.folder, "phase2.pt"))
+        reuse_offline_phases(out, jobs)
         run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
         tables.append(report.summarise(os.path.join(folder, env), env, mesa.METHODS, range(LONG_SEEDS),
                                        envs.HAS_SUCCESS[env]))

@@ -209,8 +209,9 @@ class Job:
     def key(self, phase3: bool = True) -> str:
         """Hash of what the result depends on; phase3=False: only what Phases 1-2 depend on."""
         hp = dataclasses.asdict(self.hp)
-        if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape
-            hp["sac"] = {"hidden": hp["sac"]["hidden"]}
+        if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
+            hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
+            hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
         what = {"env": self.env, "method": self.method, "seed": self.seed, "preset": self.preset,
                 "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": hp,
                 "test_fraction": self.test_fraction, "scale_inputs": self.scale_inputs,

@@ -67,3 +67,12 @@ def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
         assert not np.allclose(before, after)       # adaptation moved the critic
     assert (tmp_path / "figure2" / "heatmaps.png").stat().st_size > 0
     assert (tmp_path / "figure2" / "adaptation.png").stat().st_size > 0
+
+
+def test_offline_key_ignores_what_only_phase3_uses():
+    hp, episodes = run.preset_config("navigation1", "smoke")
+    base = run.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
+    eps = run.Job(**{**base.__dict__, "hp": run.apply(hp, {"recovery.eps_risk": 0.7}), "episodes": 9})
+    tau = run.Job(**{**base.__dict__, "hp": run.apply(hp, {"recovery.tau_risk": 0.01})})
+    assert eps.key(phase3=False) == base.key(phase3=False) and eps.key() != base.key()
+    assert tau.key(phase3=False) != base.key(phase3=False)
