@@ -292,10 +292,24 @@ def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") ->
 # ----------------------------------------------------------------------------- all of it
 
 def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    """run.py on every environment; returns one table: violations and success / return per method."""
     run.main(["--env", "all", "--seeds", str(COMPARISON_SEEDS), "--workers", str(workers),
               "--preset", preset, "--out", out, "--data-root", data_root])
-    return "\n\n".join(open(os.path.join(out, env, "summary.md")).read().split("\n\n")[0]
-                       for env in envs.ENV_NAMES)
+    lines = ["| env | episodes | measure | " + " | ".join(report.LABELS[m] for m in mesa.METHODS) + " |",
+             "|---|---|---|" + "---|" * len(mesa.METHODS)]
+    for env in envs.ENV_NAMES:
+        runs = {m: [report.read_episodes(os.path.join(out, env, m, f"seed{s}", "episodes.csv"))
+                    for s in range(COMPARISON_SEEDS)] for m in mesa.METHODS}
+        n = len(runs["mesa"][0]["episode"])
+        measures = {"cumulative violations": lambda e: e["cumulative_violations"][-1]}
+        if envs.HAS_SUCCESS[env]:
+            measures["final success rate"] = lambda e: report.final_value(e["success"])
+        measures["final return"] = lambda e: report.final_value(e["return"])
+        for name, measure in measures.items():
+            cells = [report.mean_se([measure(e) for e in runs[m]]) for m in mesa.METHODS]
+            digits = 2 if "success" in name else 1
+            lines.append(f"| {env} | {n} | {name} | " + " | ".join(f"{m:.{digits}f} ± {se:.{digits}f}" for m, se in cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
