@@ -309,6 +309,21 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> 
             cells = [report.mean_se([measure(e) for e in runs[m]]) for m in mesa.METHODS]
             digits = 2 if "success" in name else 1
             lines.append(f"| {env} | {n} | {name} | " + " | ".join(f"{m:.{digits}f} ± {se:.{digits}f}" for m, se in cells) + " |")
+    return "\n".join(lines) + "\n\n" + critic_table(out)
+
+
+def critic_table(out: str) -> str:
+    """Held-out Q_risk AUROC after Phases 1 and 2 of the comparison's runs, per env and method."""
+    columns = [("multitask", "after_phase1"), ("multitask", "after_phase2"), ("mesa", "after_phase1"),
+               ("mesa", "after_phase2"), ("rrl", "after_phase1")]
+    lines = ["| env | " + " | ".join(f"{report.LABELS[m]} after Phase {p[-1]}" for m, p in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for env in envs.ENV_NAMES:
+        cells = []
+        for method, phase in columns:
+            paths = [os.path.join(out, env, method, f"seed{s}", "metrics.json") for s in range(COMPARISON_SEEDS)]
+            cells.append(report.mean_se([json.load(open(p))["critic"][phase]["auroc"] for p in paths]))
+        lines.append(f"| {env} | " + " | ".join(f"{m:.3f} ± {se:.3f}" for m, se in cells) + " |")
     return "\n".join(lines)
 
 
