@@ -309,7 +309,40 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> 
             cells = [report.mean_se([measure(e) for e in runs[m]]) for m in mesa.METHODS]
             digits = 2 if "success" in name else 1
             lines.append(f"| {env} | {n} | {name} | " + " | ".join(f"{m:.{digits}f} ± {se:.{digits}f}" for m, se in cells) + " |")
-    return "\n".join(lines) + "\n\n" + critic_table(out)
+    return "\n".join(lines) + "\n\n" + critic_table(out) + "\n\n" + start_risk_table(out, preset, data_root)
+
+
+def start_risk(j: run.Job, starts: int = 50, actions: int = 200) -> tuple[float, float]:
+    """(mean Q_risk, share of actions the filter lets through) over test-env start states and
+    uniformly random actions, for a finished run's critic after Phase 2 (its phase2.pt)."""
+    _, _, env, _ = run.load_inputs(j)
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    safety = Safety(obs_dim, act_dim, low, high, j.hp.recovery)
+    safety.load_state_dict(torch.load(os.path.join(j.folder, "phase2.pt"), weights_only=True)["safety"])
+    obs = torch.from_numpy(np.stack([env.reset(seed=10_000 + i)[0] for i in range(starts)]))
+    acts = torch.from_numpy(np.random.default_rng(0).uniform(low, high, (actions, act_dim)).astype(np.float32))
+    with torch.no_grad():
+        q = torch.stack([safety.q_risk(obs, a.expand(starts, act_dim)) for a in acts])
+    return q.mean().item(), (q <= j.hp.recovery.eps_risk).float().mean().item()
+
+
+def start_risk_table(out: str, preset: str, data_root: str) -> str:
+    """Where the filter stands at the start of an episode, and what happened in Phase 3."""
+    lines = ["| env | method | eps_risk | Q_risk at start states | share of random actions allowed | "
+             "recovery fraction in Phase 3 | mean episode length |", "|---|---|---|---|---|---|---|"]
+    for env in ("navigation1", "navigation2", "maze"):
+        for method in ("rrl", "multitask", "mesa"):
+            jobs = [job(env, method, s, out, preset, data_root) for s in range(COMPARISON_SEEDS)]
+            risk = [start_risk(j) for j in jobs]
+            episodes = [report.read_episodes(os.path.join(j.folder, "episodes.csv")) for j in jobs]
+            cells = [report.mean_se(x) for x in ([r[0] for r in risk], [r[1] for r in risk],
+                                                 [e["recovery_fraction"].mean() for e in episodes],
+                                                 [e["length"].mean() for e in episodes])]
+            lines.append(f"| {env} | {report.LABELS[method]} | {jobs[0].hp.recovery.eps_risk:g} | "
+                         + " | ".join(f"{m:.2f} ± {se:.2f}" for m, se in cells[:3])
+                         + f" | {cells[3][0]:.1f} ± {cells[3][1]:.1f} |")
+    return "\n".join(lines)
 
 
 def critic_table(out: str) -> str:
