@@ -17,6 +17,8 @@ Parts (SPEC section 9):
   long        Navigation 1 (the paper preset's 300 episodes) and HalfCheetah (100), the four
               methods, Phase 3 continued from the comparison's cached Phases 1-2: does the picture
               change once SAC has time to learn?
+  raw_inputs  Navigation 1 without the input standardisation (run.py --no-scale-inputs), the four
+              methods: what the standardisation changes.
 Outputs go under --out (run.py's layout for the runs), plus figure2/, figure6/, outer_lr/ and
 RESULTS_<part>.md, the tables the README quotes.
 """
@@ -45,7 +47,7 @@ import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import SAC, atomic_write, set_seed  # noqa: E402
 
-PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long")
+PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
 COMPARISON_SEEDS = 5
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
@@ -58,6 +60,7 @@ EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
 EPS_SEEDS = 3
 LONG_EPISODES = {"navigation1": run.PAPER_EPISODES["navigation1"], "halfcheetah": 100}
 LONG_SEEDS = 3
+RAW_SEEDS = 3
 HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
 
 
@@ -309,6 +312,15 @@ def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") ->
     return "\n\n".join(tables)
 
 
+def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    folder = os.path.join(out, "raw_inputs")
+    jobs = [job("navigation1", m, s, folder, preset, data_root, scale_inputs=False)
+            for m in mesa.METHODS for s in range(RAW_SEEDS)]
+    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    return report.summarise(os.path.join(folder, "navigation1"), "navigation1", mesa.METHODS,
+                            range(RAW_SEEDS), True)
+
+
 # ----------------------------------------------------------------------------- all of it
 
 def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> str:
@@ -390,7 +402,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     parts = {"comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
-             "eps_risk": eps_risk, "long": long_phase3}
+             "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)
         table = parts[name](args.out, args.preset, args.workers, args.data_root)
