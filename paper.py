@@ -142,7 +142,10 @@ def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str
     prepare("maze", preset, data_root)
     jobs = [job("maze", m, s, folder, preset, data_root) for m in ("multitask", "mesa") for s in range(FIGURE2_SEEDS)]
     results = parallel(adaptation_curve, jobs, workers)
-    report.write_json(os.path.join(folder, "adaptation.json"), results)
+    report.write_json(os.path.join(folder, "adaptation.json"),
+                      [{k: v for k, v in r.items() if k != "heatmaps"} for r in results])
+    np.savez_compressed(os.path.join(folder, "heatmaps.npz"), **{
+        f"{r['method']}_{step}_steps": np.array(q) for r in results for step, q in r["heatmaps"].items()})
     by_method = {m: [r for r in results if r["method"] == m] for m in ("multitask", "mesa")}
     plot_heatmaps(os.path.join(folder, "heatmaps.png"), by_method)
     return plot_adaptation(os.path.join(folder, "adaptation.png"), by_method)

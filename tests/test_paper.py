@@ -62,7 +62,7 @@ def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
     for r in results:
         assert [p["step"] for p in r["curve"]] == [0, 1, 4]
         assert all(0 <= p["auroc"] <= 1 and p["loss"] >= 0 for p in r["curve"])
-        before, after = (np.array(r["heatmaps"][k]) for k in ("0", "4"))
+        before, after = (np.load(tmp_path / "figure2" / "heatmaps.npz")[f"{r['method']}_{k}_steps"] for k in (0, 4))
         assert before.shape == (61, 61) and np.all((before >= 0) & (before <= 1))
         assert not np.allclose(before, after)       # adaptation moved the critic
     assert (tmp_path / "figure2" / "heatmaps.png").stat().st_size > 0
