@@ -258,7 +258,7 @@ def scaled(data: dict, mean: np.ndarray, std: np.ndarray) -> dict:
 
 
 def head(data: dict, fraction: float) -> dict:
-    """The first round(fraction * n) transitions of a dataset (whole rollouts first: SPEC Figure 6)."""
+    """The first round(fraction * n) transitions of a dataset, in collection order (Figure 6 ablation)."""
     if not 0 < fraction <= 1:
         raise ValueError(f"test fraction must lie in (0, 1], got {fraction}")
     n = max(1, round(fraction * len(data["rewards"])))
