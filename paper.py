@@ -408,7 +408,10 @@ def main(argv=None) -> None:
              "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)
-        table = parts[name](args.out, args.preset, args.workers, args.data_root)
+        try:
+            table = parts[name](args.out, args.preset, args.workers, args.data_root)
+        except (datasets.DatasetError, ValueError) as e:   # finished runs stay on disk
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
         print(table, flush=True)
         atomic_write(os.path.join(args.out, f"RESULTS_{name}.md"), table + "\n")
     print(f"tables: {', '.join(os.path.join(args.out, f'RESULTS_{n}.md') for n in args.only)}")

@@ -76,3 +76,16 @@ def test_offline_key_ignores_what_only_phase3_uses():
     tau = run.Job(**{**base.__dict__, "hp": run.apply(hp, {"recovery.tau_risk": 0.01})})
     assert eps.key(phase3=False) == base.key(phase3=False) and eps.key() != base.key()
     assert tau.key(phase3=False) != base.key(phase3=False)
+
+
+def test_corrupt_dataset_ends_paper_py_with_one_line(tmp_path, capsys):
+    folder = tmp_path / "data" / "smoke" / "maze"
+    folder.mkdir(parents=True)
+    datasets.get_datasets("maze", "smoke", str(tmp_path / "data"))
+    (folder / "test_default.npz").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit) as exit_info:
+        paper.main(["--only", "figure2", "--preset", "smoke", "--out", str(tmp_path / "r"),
+                    "--data-root", str(tmp_path / "data"), "--workers", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "test_default.npz" in err and "Traceback" not in err
