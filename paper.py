@@ -45,7 +45,7 @@ import mesa  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
-from sac import SAC, atomic_write, set_seed  # noqa: E402
+from sac import atomic_write  # noqa: E402
 
 PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
 COMPARISON_SEEDS = 5
@@ -117,10 +117,7 @@ def adaptation_curve(j: run.Job) -> dict:
     """Phase 1, then Phase 2 on D_test with Q_risk scored after each of ADAPT_STEPS steps."""
     train, test, env, scale = run.load_inputs(j)
     heldout = scale(run.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    low, high = env.action_space.low, env.action_space.high
-    set_seed(j.seed)
-    agent, safety = SAC(obs_dim, act_dim, low, high, j.hp.sac), Safety(obs_dim, act_dim, low, high, j.hp.recovery)
+    agent, safety = run.fresh_networks(j, env)
     train_buffers, test_buffer = run.offline_buffers(j, train, test)
     mesa.phase1(j.method, safety, train_buffers, test_buffer, agent.policy, j.hp, j.seed)
     curve, maps = [], {}
@@ -129,7 +126,7 @@ def adaptation_curve(j: run.Job) -> dict:
         if step in ADAPT_STEPS:
             curve.append({"step": step, **run.critic_quality(safety, heldout, agent.policy)})
         if step in HEATMAP_STEPS and j.seed == 0:    # maps of seed 0 only: they are plotted, and large
-            maps[step] = heatmap(safety, scale).round(4).tolist()
+            maps[step] = heatmap(safety, scale)
 
     record(0)
     hp = dataclasses.replace(j.hp, adapt=dataclasses.replace(j.hp.adapt, steps=max(ADAPT_STEPS)))
@@ -250,10 +247,7 @@ def phase1_quality(j: run.Job) -> dict:
     """Held-out Q_risk quality after Phases 1 and 2 of one job (no Phase 3)."""
     train, test, env, scale = run.load_inputs(j)
     heldout = scale(run.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    set_seed(j.seed)
-    agent = SAC(obs_dim, act_dim, env.action_space.low, env.action_space.high, j.hp.sac)
-    safety = Safety(obs_dim, act_dim, env.action_space.low, env.action_space.high, j.hp.recovery)
+    agent, safety = run.fresh_networks(j, env)
     return run.offline_phases(j, safety, agent.policy, train, test, heldout)["critic"]
 
 
@@ -351,9 +345,8 @@ def start_risk(j: run.Job, starts: int = 50, actions: int = 200) -> tuple[float,
     """(mean Q_risk, share of actions the filter lets through) over test-env start states and
     uniformly random actions, for a finished run's critic after Phase 2 (its phase2.pt)."""
     _, _, env, _ = run.load_inputs(j)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    low, high = env.action_space.low, env.action_space.high
-    safety = Safety(obs_dim, act_dim, low, high, j.hp.recovery)
+    low, high, act_dim = env.action_space.low, env.action_space.high, env.action_space.shape[0]
+    _, safety = run.fresh_networks(j, env)
     safety.load_state_dict(torch.load(os.path.join(j.folder, "phase2.pt"), weights_only=True)["safety"])
     obs = torch.from_numpy(np.stack([env.reset(seed=10_000 + i)[0] for i in range(starts)]))
     acts = torch.from_numpy(np.random.default_rng(0).uniform(low, high, (actions, act_dim)).astype(np.float32))

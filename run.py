@@ -295,15 +295,21 @@ def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
     return [scale(d) for d in train], scale(test), envs.scaled_observations(env, mean, std), scale
 
 
-def run_one(job: Job) -> dict:
-    """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
-    t_start = time.perf_counter()
-    train, test, env, scale = load_inputs(job)
+def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
+    """set_seed(job.seed), then a new SAC agent and (all but Unconstrained) a new Safety for env."""
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     set_seed(job.seed)
     agent = SAC(obs_dim, act_dim, low, high, job.hp.sac)
     safety = None if job.method == "unconstrained" else Safety(obs_dim, act_dim, low, high, job.hp.recovery)
+    return agent, safety
+
+
+def run_one(job: Job) -> dict:
+    """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
+    t_start = time.perf_counter()
+    train, test, env, scale = load_inputs(job)
+    agent, safety = fresh_networks(job, env)
     info = {"timings": {}, "critic": {}}
     if safety is not None:
         cache, key = os.path.join(job.folder, "phase2.pt"), job.key(phase3=False)
