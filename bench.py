@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.distributions import Normal
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -52,8 +53,9 @@ def loop_polyak(target, source, tau):
 
 
 class BaselineSAC:
-    """Baseline SAC update: critics stay trainable in the actor step, log pi is recomputed for the
-    alpha loss, Adam is the per-parameter loop, Polyak is a python loop."""
+    """Baseline SAC update: pi(.|s) through torch.distributions.Normal, critics stay trainable in the
+    actor step, log pi is recomputed for the alpha loss, Adam is the per-parameter loop, Polyak is a
+    python loop."""
 
     def __init__(self, agent: SAC):
         self.__dict__.update({k: copy.deepcopy(getattr(agent, k)) for k in
@@ -63,23 +65,33 @@ class BaselineSAC:
         self.log_alpha = torch.tensor(float(np.log(self.cfg.alpha)), requires_grad=True)
         self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=self.cfg.lr)
 
+    def sample(self, obs):
+        """a ~ pi(.|s) and log pi(a|s) as CleanRL, Spinning Up and pranz24 write it: a Normal
+        distribution object, rsample, log_prob, then the tanh correction (the same maths as ours)."""
+        mean, log_std = self.actor.distribution(obs)
+        normal = Normal(mean, log_std.exp())
+        u = normal.rsample()
+        log_pi = (normal.log_prob(u) - 2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        scale, bias = self.actor.action_scale, self.actor.action_bias
+        return torch.tanh(u) * scale + bias, log_pi - torch.log(scale).sum()
+
     def update(self, batch):
         obs, act, alpha = batch["obs"], batch["act"], self.log_alpha.exp().item()
         with torch.no_grad():
-            next_act, next_log_pi = self.actor(batch["next_obs"])
+            next_act, next_log_pi = self.sample(batch["next_obs"])
             y = soft_q_target(batch["rew"], batch["done"], self.q1_targ(batch["next_obs"], next_act),
                               self.q2_targ(batch["next_obs"], next_act), next_log_pi, self.cfg.gamma, alpha)
         loss_q = F.mse_loss(self.q1(obs, act), y) + F.mse_loss(self.q2(obs, act), y)
         self.critic_optim.zero_grad()
         loss_q.backward()
         self.critic_optim.step()
-        action, log_pi = self.actor(obs)
+        action, log_pi = self.sample(obs)
         loss_pi = (alpha * log_pi - torch.min(self.q1(obs, action), self.q2(obs, action))).mean()
         self.actor_optim.zero_grad()
         loss_pi.backward()
         self.actor_optim.step()
         if self.cfg.autotune:
-            _, log_pi = self.actor(obs)
+            _, log_pi = self.sample(obs)
             loss_alpha = -(self.log_alpha * (log_pi + self.target_entropy).detach()).mean()
             self.alpha_optim.zero_grad()
             loss_alpha.backward()
@@ -166,14 +178,14 @@ def baseline_phase3_step(env, obs, agent: BaselineSAC, safety: BaselineSafety, t
                          safety_buffer: ListBuffer):
     """Baseline Recovery RL step: per-step tensor construction, list buffers, baseline updates."""
     with torch.no_grad():
-        a_task = agent.actor(torch.FloatTensor(obs).unsqueeze(0))[0]
+        a_task = agent.sample(torch.FloatTensor(obs).unsqueeze(0))[0]
     a_exec = safety.filtered(torch.FloatTensor(obs).unsqueeze(0), a_task).squeeze(0).numpy()
     a_task = a_task.squeeze(0).numpy()
     next_obs, reward, terminated, truncated, info = env.step(a_exec)
     task_buffer.add(obs, a_task, reward, info["cost"], next_obs, terminated)
     safety_buffer.add(obs, a_exec, reward, info["cost"], next_obs, terminated)
     agent.update(task_buffer.sample(BATCH))
-    policy = lambda o: safety.filtered(o, agent.actor(o)[0])
+    policy = lambda o: safety.filtered(o, agent.sample(o)[0])
     safety.update(safety_buffer.sample_balanced(BATCH, safety.cfg.pos_fraction), policy)
     return next_obs, terminated or truncated
 

@@ -1,5 +1,9 @@
 """bench.py's quick mode: the output structure and the FLOP counts (no timing assertions)."""
+import numpy as np
+import torch
+
 import bench
+from sac import SAC, squashed_gaussian_log_prob
 
 
 def test_quick_bench_reports_every_hot_path_with_positive_flop_counts(capsys):
@@ -14,3 +18,15 @@ def test_quick_bench_reports_every_hot_path_with_positive_flop_counts(capsys):
     assert all(f"env step: {name}" in rows for name in bench.envs.ENV_NAMES)
     assert report["peak_flops"] > 0
     assert out.count("PASS") + out.count("MISS") == len(report["targets"]) == 3
+
+
+def test_baseline_sac_samples_the_same_policy_as_ours():
+    """The baseline's torch.distributions sampling is the same maths, only written differently."""
+    agent = SAC(4, 3, -2 * np.ones(3), 2 * np.ones(3))
+    baseline = bench.BaselineSAC(agent)
+    obs = torch.randn(256, 4)
+    torch.manual_seed(0)
+    action, log_pi = baseline.sample(obs)
+    mean, log_std = agent.actor.distribution(obs)
+    u = torch.atanh((action - agent.actor.action_bias) / agent.actor.action_scale)
+    assert torch.allclose(log_pi, squashed_gaussian_log_prob(u, mean, log_std, agent.actor.action_scale), atol=1e-3)

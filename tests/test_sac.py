@@ -39,6 +39,16 @@ def test_actor_samples_within_bounds_and_log_prob_is_consistent():
     assert log_pi.shape == (512,) and torch.isfinite(log_pi).all()
 
 
+def test_acting_without_log_prob_draws_the_same_action():
+    agent = SAC(3, 2, np.array([-2.0, 0.0]), np.array([2.0, 1.0]))
+    obs = torch.randn(64, 3)
+    torch.manual_seed(1)
+    with_log_prob, _ = agent.actor(obs)
+    torch.manual_seed(1)
+    without, log_pi = agent.actor(obs, with_log_prob=False)
+    assert log_pi is None and torch.equal(with_log_prob, without)
+
+
 @given(rew=st.floats(-10, 10), q1=st.floats(-10, 10), q2=st.floats(-10, 10), logp=st.floats(-5, 5),
        done=st.sampled_from([0.0, 1.0]))
 def test_soft_q_target(rew, q1, q2, logp, done):
