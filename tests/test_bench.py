@@ -15,6 +15,8 @@ def test_quick_bench_reports_every_hot_path_with_positive_flop_counts(capsys):
     for name in ("SAC update", "SAC update (autotune)", "Q_risk + pi_rec update", "Phase-3 step, HalfCheetah"):
         assert rows[name]["flops"] > 0 and rows[name]["ours_s"] > 0 and rows[name]["baseline_s"] > 0
     assert meta2["flops"] > meta1["flops"] > 0  # the double backward is counted
+    inside = rows["  its network updates, timed inside the step"]["ours_s"]
+    assert 0 < inside < rows["Phase-3 step, HalfCheetah"]["ours_s"]  # the updates are part of the step
     assert all(f"env step: {name}" in rows for name in bench.envs.ENV_NAMES)
     assert report["peak_flops"] > 0
     assert out.count("PASS") + out.count("MISS") == len(report["targets"]) == 3
