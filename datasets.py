@@ -1,36 +1,38 @@
-"""Offline datasets of the six MESA environments (SPEC section 8; MESA paper Table 5 and B.1).
+"""Offline datasets of the six MESA environments (SPEC section 8; MESA paper Table 5 and A.3).
 
-Each environment gets N_train training datasets (one per training task, envs.train_tasks) and one
-test dataset (envs.test_task), generated here from seeds, cached as .npz under `data/` and checked
-on every load. This module exists apart from envs.py because collection uses SAC, and envs must
-not import sac.
+Each environment gets N_train training datasets (one per training task, envs.train_tasks), one
+test dataset D_test (envs.test_task) and one RRL-oracle dataset (test task, the training data's
+kind), generated here from seeds, cached as .npz under `data/` and checked on every load. This
+module exists apart from envs.py because collection uses SAC, and envs must not import sac.
 
-Collection (no dataset episode ends on a violation: terminate_on_violation=False; episodes still end
-at the goal and at the time limit):
-- Navigation 1/2, Maze (train and test): uniformly random actions in short rollouts (10 steps for
-  navigation, 20 for the maze) from varied starts, passed as reset(options={"start": s}).
-  Navigation starts are uniform in the obstacles' bounding box grown by a margin (15 for
-  Navigation 1, 5 for Navigation 2; chosen so the violation rates come close to the paper's 6.8%
-  and 12%), maze starts uniform over the arena; starts in violation are redrawn.
-- Cartpole, HalfCheetah, Ant training sets: the replay buffer of an early-stopped SAC run (the run
-  stops when the buffer holds the dataset's size): uniformly random actions for start_steps, then
-  pi's samples, with `updates_per_step` SAC updates per environment step (fractional values update
-  every 1/updates_per_step steps). Test sets: uniformly random actions, full episodes.
-  Collection runs torch on one thread (restored afterwards): the arrays then do not depend on the
-  machine's thread count, and on 2 shared cores one thread was 4x faster than two.
-- The last transition of a dataset that ends mid-episode is marked as a timeout, so every episode
-  in a file ends with a terminal or a timeout.
+The generators follow the authors' (docs/datasets.md lists file and line of each):
+- Navigation 1: rollouts of at most 10 steps that end at the first violation, from starts inside
+  the corridor near a wall (x ~ U(-80, 50), |y| ~ U(2, 5)), actions clip(N(0, I), -1, 1).
+- Navigation 2: the same rollouts aimed at the obstacle from one of four sides (left, right, above,
+  below), the aimed action coordinate uniform towards it, the other clip(N(0, 1)). Variant "rrl"
+  (Recovery RL's navigation2.py, used only by the Recovery RL check) draws a third of the starts
+  uniformly over [-40, 10] x [-25, 25].
+- Maze: 20-step segments from three bands of x, half with uniformly random actions, half with the
+  scripted expert (envs.Maze.expert_action); a segment ends at the first violation.
+- Cartpole, HalfCheetah, Ant training sets and the RRL-oracle sets: the replay buffer of one SAC run
+  per task, stopped when it holds the dataset's size; its episodes do not end on a violation (the
+  paper's violation counts need that). Test sets: uniformly random actions over full episodes,
+  which do not end on a violation either. The oracle keeps n_oracle transitions drawn uniformly
+  from its SAC run's buffer, as the authors' RRL runs sampled theirs.
+A point-environment rollout that reaches the goal also ends; the last transition of a dataset that
+ends mid-rollout is marked as a timeout, so every episode in a file ends with a terminal or a timeout.
+Collection runs torch on one thread (restored afterwards): the arrays then do not depend on the
+machine's thread count.
 
-Format (FORMAT_VERSION 1), one .npz per dataset: observations (N, obs_dim), actions (N, act_dim),
+Format (FORMAT_VERSION 2), one .npz per dataset: observations (N, obs_dim), actions (N, act_dim),
 rewards (N,), costs (N,) in {0, 1}, next_observations (N, obs_dim) - all float32 - and terminals
 (N,), timeouts (N,) bool; then env (str), seed (int64), format_version (int64) and each task
 parameter as task_<key> (float64; 0-d for a scalar, 1-d for a tuple). Files are written atomically
 (temp file, then os.replace). Each data/<preset>/<env>/ folder holds a manifest.json with every
 file's sha256, size in bytes, transitions, violations, seed and task; cached files are verified
-against it. Seeds: training file i uses seed 1000 * seed + i, the test file 1000 * seed + 999.
-
-Deviation from the authors' code: they shipped pre-collected data; ours is generated, so counts
-differ from Table 5 (README, "Datasets", lists both).
+against it. Version 1 (the generators before the authors' were followed) is refused with a message
+that says how to regenerate. Seeds: training file i uses seed 1000 * seed + i, the oracle
+1000 * seed + 997, the test file 1000 * seed + 999.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -50,10 +53,12 @@ import torch
 import envs
 from sac import FIELDS, SAC, ReplayBuffer, SACConfig, atomic_write, set_seed
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PRESETS = ("smoke", "quick", "paper")
+KINDS = ("train", "test", "oracle")
 DIMS = {"navigation1": (2, 2), "navigation2": (2, 2), "maze": (2, 2), "cartpole": (4, 1),
         "halfcheetah": (17, 6), "ant": (27, 8)}          # (obs_dim, act_dim), checked by a test
+POINT_ENVS = ("navigation1", "navigation2", "maze")
 
 
 class DatasetError(ValueError):
@@ -64,101 +69,229 @@ class DatasetError(ValueError):
 class CollectSpec:
     """How one environment's datasets are collected under one preset."""
     n_train: int                  # transitions per training task
-    n_test: int                   # transitions in the test dataset
-    rollout_len: int | None       # random short rollouts from varied starts; None = full episodes
-    sac: bool = False             # training sets from an early-stopped SAC run (else random)
-    start_steps: int = 0          # SAC: uniformly random actions for the first steps
-    updates_per_step: float = 0.0  # SAC: gradient updates per environment step after start_steps
+    n_test: int                   # transitions in D_test
+    n_oracle: int                 # transitions of the RRL-oracle's test-environment data
+    rollout_len: int = 0          # point envs: steps per rollout (0 = full episodes)
+    start_steps: int = 0          # SAC replay: uniformly random actions for the first steps
+    updates_per_step: float = 0.0  # SAC replay: gradient updates per environment step after start_steps
+    sac_hidden: tuple[int, ...] = (256, 256)  # SAC replay: the collecting SAC's hidden widths
+    sac_batch: int = 256          # SAC replay: the collecting SAC's batch size
 
 
-def _specs(nav_train, nav_tests, cart, cheetah, ant):
-    return {"navigation1": CollectSpec(nav_train, nav_tests[0], 10),
-            "navigation2": CollectSpec(nav_train, nav_tests[1], 10),
-            "maze": CollectSpec(nav_train, nav_tests[2], 20),
-            "cartpole": CollectSpec(*cart), "halfcheetah": CollectSpec(*cheetah),
-            "ant": CollectSpec(*ant)}
+def _point_specs(n_train, tests, oracles):
+    return {name: CollectSpec(n_train, n_test, n_oracle, rollout_len=20 if name == "maze" else 10)
+            for name, n_test, n_oracle in zip(POINT_ENVS, tests, oracles)}
 
 
-# (n_train, n_test, rollout_len, sac, start_steps, updates_per_step)
+# Point envs: the paper's sizes in every preset but smoke; RRL-oracle 20K navigation, 10K maze
+# (Recovery RL's num_unsafe_transitions). SAC replay: see README "Datasets" for the measured times.
 PRESET_SPECS = {
-    "smoke": _specs(200, (100, 200, 200), (200, 200, None, True, 200, 0.0),
-                    (1000, 1000, None, True, 1000, 0.0), (1000, 1000, None, True, 1000, 0.0)),
-    "quick": _specs(10_000, (100, 200, 200), (4_000, 1_000, None, True, 1_000, 0.25),
-                    (50_000, 40_000, None, True, 5_000, 0.25),
-                    (50_000, 40_000, None, True, 5_000, 0.25)),
-    "paper": _specs(10_000, (100, 200, 200), (20_000, 1_000, None, True, 1_000, 1.0),
-                    (400_000, 40_000, None, True, 10_000, 1.0),
-                    (400_000, 40_000, None, True, 10_000, 1.0)),
+    "smoke": {**_point_specs(200, (100, 200, 200), (400, 400, 400)),
+              "cartpole": CollectSpec(400, 200, 100, 0, 100, 0.25, (16, 16), 16),
+              "halfcheetah": CollectSpec(1000, 1000, 100, 0, 200, 0.0, (16, 16), 16),
+              "ant": CollectSpec(1000, 1000, 100, 0, 200, 0.0, (16, 16), 16)},
+    "quick": {**_point_specs(10_000, (100, 200, 200), (20_000, 20_000, 10_000)),
+              "cartpole": CollectSpec(20_000, 1_000, 10_000, 0, 100, 1.0, (64, 64), 64),
+              "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.25, (64, 64), 64),
+              "ant": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.25, (64, 64), 64)},
+    "paper": {**_point_specs(10_000, (100, 200, 200), (20_000, 20_000, 10_000)),
+              "cartpole": CollectSpec(20_000, 1_000, 10_000, 0, 100, 1.0),
+              "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 1.0),
+              "ant": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 1.0)},
 }
-NAV_START_MARGIN = {"navigation1": 15.0, "navigation2": 5.0}
 
 
-# ----------------------------------------------------------------------------- collection
-def sample_start(name: str, env, rng: np.random.Generator) -> np.ndarray | None:
-    """A varied, violation-free start for the point envs; None = the env's own start."""
-    if name in NAV_START_MARGIN:
-        boxes, m = np.array(env.boxes), NAV_START_MARGIN[name]
-        low = np.array([boxes[:, 0].min(), boxes[:, 2].min()]) - m
-        high = np.array([boxes[:, 1].max(), boxes[:, 3].max()]) + m
-    elif name == "maze":
-        low, high = np.full(2, -envs.MAZE_HALF), np.full(2, envs.MAZE_HALF)
-    else:
-        return None
-    while True:
-        s = rng.uniform(low, high)
-        if not env.violates(s):
-            return s
+# ----------------------------------------------------------------------------- point-env generators
+# A plan draws one rollout: its start and the rule that picks each action.
+Plan = tuple[np.ndarray, Callable[[np.random.Generator], np.ndarray]]
 
 
-def collect(name: str, task: dict, n: int, seed: int, spec: CollectSpec, use_sac: bool,
-            progress: bool = False) -> dict[str, np.ndarray]:
-    """n transitions of env `name` under `task`: random actions, or an early-stopped SAC run."""
+def clipped_normal(rng: np.random.Generator, size: int = 2) -> np.ndarray:
+    """clip(N(0, I), -1, 1): the authors' exploration noise for the navigation data."""
+    return np.clip(rng.standard_normal(size), -1.0, 1.0)
+
+
+def navigation1_plan(rng: np.random.Generator, env) -> Plan:
+    """Inside the corridor near a wall: x ~ U(-80, 50), y ~ U(2, 5) or U(-5, -2) (SPEC section 8)."""
+    start = np.array([rng.uniform(-80.0, 50.0), rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0)])
+    return start, clipped_normal
+
+
+# Navigation 2's four blocks aimed at the obstacle x[-30, -20] y[-7.5, 7.5]:
+# (x range, y range, the aimed axis, the aimed action coordinate's range)
+NAVIGATION2_BLOCKS = {
+    "left": ((-35.0, -30.0), (-12.0, 12.0), 0, (0.5, 1.0)),
+    "right": ((-20.0, -15.0), (-12.0, 12.0), 0, (-1.0, -0.5)),
+    "above": ((-30.0, -20.0), (10.0, 15.0), 1, (-1.0, -0.5)),
+    "below": ((-30.0, -20.0), (-15.0, -10.0), 1, (0.5, 1.0)),
+}
+NAVIGATION2_UNIFORM = ((-40.0, 10.0), (-25.0, 25.0))   # Recovery RL's extra third of the starts
+
+
+def navigation2_plan(rng: np.random.Generator, env, variant: str = "mesa") -> Plan:
+    """One of the four aimed blocks, each equally likely ("rrl": a third uniform starts first)."""
+    if variant == "rrl" and rng.random() < 1 / 3:
+        (x0, x1), (y0, y1) = NAVIGATION2_UNIFORM
+        return np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)]), clipped_normal
+    (x0, x1), (y0, y1), axis, (a0, a1) = list(NAVIGATION2_BLOCKS.values())[rng.integers(4)]
+
+    def aimed(rng):
+        action = clipped_normal(rng)
+        action[axis] = rng.uniform(a0, a1)
+        return action
+    return np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)]), aimed
+
+
+# Maze start bands of x: (probability, x range); y ~ U(-0.22, 0.22) in every band.
+MAZE_START_BANDS = ((0.3, (0.14, 0.22)), (0.3, (-0.04, 0.04)), (0.4, (-0.22, -0.13)))
+
+
+def maze_plan(rng: np.random.Generator, env) -> Plan:
+    """A start in one of three bands of x; half the segments random actions, half the expert."""
+    probabilities, ranges = zip(*MAZE_START_BANDS)
+    x0, x1 = ranges[rng.choice(len(ranges), p=probabilities)]
+    start = np.array([rng.uniform(x0, x1), rng.uniform(-0.22, 0.22)])
+    if rng.random() < 0.5:
+        return start, lambda rng: rng.uniform(-1.0, 1.0, 2)
+    return start, lambda rng: env.expert_action()
+
+
+PLANS = {"navigation1": navigation1_plan, "navigation2": navigation2_plan, "maze": maze_plan}
+
+
+def point_rollouts(name: str, task: dict, n: int, seed: int, rollout_len: int,
+                   variant: str = "mesa") -> dict[str, np.ndarray]:
+    """n transitions of short rollouts that end at the first violation, the goal or rollout_len."""
+    env = envs.make_env(name, task, terminate_on_violation=True)
+    point = env.unwrapped
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(*DIMS[name], n, seed=seed)
+    env.reset(seed=seed)                                       # seeds the dynamics noise
+    plan = (lambda rng, env: navigation2_plan(rng, env, variant)) if name == "navigation2" else PLANS[name]
+    while len(buf) < n:
+        start, pick_action = plan(rng, point)
+        if point.violates(start):                              # only possible on a thin wall: redraw
+            continue
+        obs = env.reset(options={"start": start})[0]
+        for t in range(rollout_len):
+            action = pick_action(rng).astype(np.float32)
+            next_obs, reward, terminated, _, info = env.step(action)
+            cut = t == rollout_len - 1 or len(buf) == n - 1
+            buf.add(obs, action, reward, info["cost"], next_obs, terminated, cut and not terminated)
+            if terminated or cut:
+                break
+            obs = next_obs
+    env.close()
+    return buf.arrays()
+
+
+# ----------------------------------------------------------------------------- SAC replay and random episodes
+
+def sac_replay(name: str, task: dict, n: int, seed: int, spec: CollectSpec,
+               progress: bool = False) -> dict[str, np.ndarray]:
+    """The replay buffer of one SAC run in `task`, stopped after n environment steps.
+
+    Uniformly random actions for spec.start_steps steps, then pi's samples, with
+    spec.updates_per_step SAC updates per step (a fraction updates every 1/updates_per_step steps).
+    A violation does not end the episode.
+    """
+    env = envs.make_env(name, task, terminate_on_violation=False)
+    low, high = env.action_space.low, env.action_space.high
+    set_seed(seed)
+    buf = ReplayBuffer(*DIMS[name], n, seed=seed)
+    agent = SAC(*DIMS[name], low, high, SACConfig(start_steps=spec.start_steps, hidden=spec.sac_hidden,
+                                                  batch_size=spec.sac_batch))
+    obs, credit, t0 = env.reset(seed=seed)[0], 0.0, time.time()
+    for step in range(n):
+        action = agent.explore(obs, step)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        timeout = (truncated or step == n - 1) and not terminated
+        buf.add(obs, action, reward, info["cost"], next_obs, terminated, timeout)
+        obs = env.reset()[0] if terminated or timeout else next_obs
+        if step >= spec.start_steps and len(buf) >= spec.sac_batch:
+            credit += spec.updates_per_step
+            while credit >= 1.0:
+                agent.update(buf.sample(spec.sac_batch))
+                credit -= 1.0
+        if progress and (step + 1) % 50_000 == 0:
+            print(f"  {name}: {step + 1}/{n} SAC steps, {time.time() - t0:.0f} s", file=sys.stderr)
+    env.close()
+    return buf.arrays()
+
+
+def random_episodes(name: str, task: dict, n: int, seed: int) -> dict[str, np.ndarray]:
+    """n transitions of uniformly random actions over full episodes that go on after a violation."""
+    env = envs.make_env(name, task, terminate_on_violation=False)
+    env.action_space.seed(seed)
+    buf = ReplayBuffer(*DIMS[name], n, seed=seed)
+    obs = env.reset(seed=seed)[0]
+    for step in range(n):
+        action = env.action_space.sample()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        timeout = (truncated or step == n - 1) and not terminated
+        buf.add(obs, action, reward, info["cost"], next_obs, terminated, timeout)
+        obs = env.reset()[0] if terminated or timeout else next_obs
+    env.close()
+    return buf.arrays()
+
+
+def subsample(data: dict[str, np.ndarray], n: int, seed: int) -> dict[str, np.ndarray]:
+    """n transitions drawn uniformly without replacement, kept in collection order."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(data["rewards"]), n, replace=False))
+    return {k: data[k][idx] for k in FIELDS}
+
+
+def collect(name: str, task: dict, n: int, seed: int, spec: CollectSpec, kind: str,
+            progress: bool = False, variant: str = "mesa") -> dict[str, np.ndarray]:
+    """n transitions of one dataset of `kind` ("train", "test" or "oracle") for env `name`.
+
+    Point envs use their generator for every kind. Cartpole, HalfCheetah, Ant: SAC replay (train),
+    random episodes (test), n drawn from a training-size SAC replay in the test task (oracle).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)             # same arrays on any machine, and faster on 2 shared cores
+    torch.set_num_threads(1)             # same arrays on any machine
     try:
-        return _collect(name, task, n, seed, spec, use_sac, progress)
+        if name in POINT_ENVS:
+            return point_rollouts(name, task, n, seed, spec.rollout_len, variant)
+        if kind == "test":
+            return random_episodes(name, task, n, seed)
+        if kind == "oracle":
+            return subsample(sac_replay(name, task, max(n, spec.n_train), seed, spec, progress), n, seed)
+        return sac_replay(name, task, n, seed, spec, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _collect(name, task, n, seed, spec, use_sac, progress):
-    env = envs.make_env(name, task, terminate_on_violation=False)
-    obs_dim, act_dim = DIMS[name]
-    low, high = env.action_space.low, env.action_space.high
-    set_seed(seed)
-    rng = np.random.default_rng(seed)
-    buf = ReplayBuffer(obs_dim, act_dim, n, seed=seed)
-    agent = SAC(obs_dim, act_dim, low, high, SACConfig(start_steps=spec.start_steps)) if use_sac else None
-    rollout_len = None if use_sac else spec.rollout_len
+# ----------------------------------------------------------------------------- what a dataset holds
 
-    def reset(first=False):
-        start = sample_start(name, env.unwrapped, rng)
-        return env.reset(seed=seed if first else None,
-                         options=None if start is None else {"start": start})[0]
+def violation_events(data: dict) -> int:
+    """Violation rows whose state was not already in violation (a new entry into an obstacle)."""
+    costs = data["costs"] > 0
+    continues = ~(data["terminals"] | data["timeouts"])
+    repeated = np.r_[False, costs[:-1] & continues[:-1]]       # previous row, same episode, violated
+    return int(np.sum(costs & ~repeated))
 
-    obs, t_episode, credit, t0 = reset(first=True), 0, 0.0, time.time()
-    for step in range(n):
-        if agent is not None:
-            action = agent.explore(obs, step)
-        else:
-            action = rng.uniform(low, high).astype(np.float32)
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        t_episode += 1
-        cut = (rollout_len is not None and t_episode >= rollout_len) or step == n - 1
-        timeout = (truncated or cut) and not terminated
-        buf.add(obs, action, reward, info["cost"], next_obs, terminated, timeout)
-        obs = next_obs
-        if terminated or timeout:
-            obs, t_episode = reset(), 0
-        if agent is not None and step >= spec.start_steps and len(buf) >= agent.cfg.batch_size:
-            credit += spec.updates_per_step
-            while credit >= 1.0:
-                agent.update(buf.sample(agent.cfg.batch_size))
-                credit -= 1.0
-        if progress and agent is not None and (step + 1) % 10_000 == 0:
-            print(f"  {name}: {step + 1}/{n} steps, {time.time() - t0:.0f} s", file=sys.stderr)
-    env.close()
-    return buf.arrays()
+
+def near_obstacle_share(name: str, observations: np.ndarray) -> float:
+    """Share of states where the agent travels: Navigation 1's path corridor (|y| < 5, -80 < x < 0);
+    within 5 of Navigation 2's obstacle; nan elsewhere."""
+    x, y = observations[:, 0], observations[:, 1]
+    if name == "navigation1":
+        return float(np.mean((np.abs(y) < 5) & (x > -80) & (x < 0)))
+    if name == "navigation2":
+        (x0, x1, y0, y1), = envs.NAV_OBSTACLES[2]
+        dx, dy = np.maximum.reduce([x0 - x, x - x1, 0 * x]), np.maximum.reduce([y0 - y, y - y1, 0 * y])
+        return float(np.mean(np.hypot(dx, dy) <= 5.0))
+    return float("nan")
+
+
+def describe(name: str, data: dict) -> dict:
+    """The counts README "Datasets" reports for one or more datasets of env `name`."""
+    return {"transitions": len(data["rewards"]), "violations": int(data["costs"].sum()),
+            "events": violation_events(data),
+            "near_obstacle": near_obstacle_share(name, data["observations"])}
 
 
 # ----------------------------------------------------------------------------- file format
@@ -227,7 +360,8 @@ def load_dataset(path, expected_sha256: str | None = None) -> dict:
         if key not in raw:
             _fail(path, f"missing key {key!r}")
     if raw["format_version"].shape != () or int(raw["format_version"]) != FORMAT_VERSION:
-        _fail(path, f"format version {raw['format_version']}, expected {FORMAT_VERSION}")
+        _fail(path, f"format version {raw['format_version']}, expected {FORMAT_VERSION}; "
+                    f"{regenerate_hint(os.path.dirname(path) or '.')}")
     env = str(raw["env"])
     if env not in envs.ENV_NAMES:
         _fail(path, f"unknown env {env!r}")
@@ -266,6 +400,10 @@ def head(data: dict, fraction: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- cache
+def regenerate_hint(folder: str) -> str:
+    return f"delete {folder} and rerun to regenerate it (python3 datasets.py --env ENV --preset PRESET)"
+
+
 def _read_manifest(folder: str) -> dict:
     path = os.path.join(folder, "manifest.json")
     if not os.path.exists(path):
@@ -275,8 +413,10 @@ def _read_manifest(folder: str) -> dict:
             manifest = json.load(f)
     except (json.JSONDecodeError, OSError) as e:
         raise DatasetError(f"{path}: unreadable manifest ({e})") from e
-    if manifest.get("format_version") != FORMAT_VERSION:
-        return {"format_version": FORMAT_VERSION, "files": {}}   # old format: regenerate all
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"{path}: datasets of format version {version}, this code reads version "
+                           f"{FORMAT_VERSION} (new generators); {regenerate_hint(folder)}")
     return manifest
 
 
@@ -285,71 +425,105 @@ def _write_manifest(folder: str, manifest: dict) -> None:
     atomic_write(os.path.join(folder, "manifest.json"), text)
 
 
-def get_datasets(env: str, preset: str, root: str = "data", test_variant: str = "default",
-                 progress: bool = False, seed: int = 0) -> tuple[list[dict], dict]:
-    """(training datasets, test dataset) of `env` under `preset`, generating what is missing.
-
-    Cached files listed in data/<preset>/<env>/manifest.json with the same seed, task and
-    collection spec are loaded and checked against the manifest's sha256; anything else is
-    (re)generated and added to the manifest.
-    """
+def _spec_folder(env: str, preset: str, root: str) -> tuple[CollectSpec, str]:
     envs._validate_name(env)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    spec = PRESET_SPECS[preset][env]
     folder = os.path.join(root, preset, env)
     os.makedirs(folder, exist_ok=True)
-    jobs = [(f"train_{i:02d}.npz", task, 1000 * seed + i, spec.n_train, spec.sac)
-            for i, task in enumerate(envs.train_tasks(env, seed))]
-    jobs.append((f"test_{test_variant}.npz", envs.test_task(env, test_variant),
-                 1000 * seed + 999, spec.n_test, False))
-    loaded = []
-    for fname, task, file_seed, n, use_sac in jobs:
-        path = os.path.join(folder, fname)
-        want = {"seed": file_seed, "task": {k: list(np.atleast_1d(v)) for k, v in task.items()},
-                "transitions": n, "spec": asdict(spec)}
-        entry = _read_manifest(folder)["files"].get(fname)
-        if entry is not None and os.path.exists(path) and all(entry.get(k) == v for k, v in want.items()):
-            loaded.append(load_dataset(path, expected_sha256=entry["sha256"]))
-            continue
-        t0 = time.time()
-        data = collect(env, task, n, file_seed, spec, use_sac, progress)
-        save_dataset(path, data, env=env, task=task, seed=file_seed)
-        manifest = _read_manifest(folder)
-        manifest.update(env=env, preset=preset)
-        manifest["files"][fname] = {**want, "sha256": sha256(path), "bytes": os.path.getsize(path),
-                                    "violations": int(data["costs"].sum()),
-                                    "seconds": round(time.time() - t0, 1)}
-        _write_manifest(folder, manifest)
-        if progress:
-            print(f"{env} {fname}: {n} transitions, {int(data['costs'].sum())} violations, "
-                  f"{time.time() - t0:.1f} s", file=sys.stderr)
-        loaded.append(load_dataset(path, expected_sha256=manifest["files"][fname]["sha256"]))
-    return loaded[:-1], loaded[-1]
+    return PRESET_SPECS[preset][env], folder
+
+
+def cached(folder: str, fname: str, env: str, preset: str, task: dict, file_seed: int, n: int,
+           spec: CollectSpec, kind: str, progress: bool = False, variant: str = "mesa") -> dict:
+    """One dataset: loaded and verified if the manifest lists it with the same recipe, else collected.
+
+    The recipe (seed, task, size, kind, generator variant, collection spec) is stored in
+    data/<preset>/<env>/manifest.json beside the file's sha256.
+    """
+    path = os.path.join(folder, fname)
+    want = {"seed": file_seed, "task": {k: list(np.atleast_1d(v)) for k, v in task.items()},
+            "transitions": n, "kind": kind, "variant": variant,
+            "spec": json.loads(json.dumps(asdict(spec)))}
+    entry = _read_manifest(folder)["files"].get(fname)
+    if entry is not None and os.path.exists(path) and all(entry.get(k) == v for k, v in want.items()):
+        return load_dataset(path, expected_sha256=entry["sha256"])
+    t0 = time.time()
+    data = collect(env, task, n, file_seed, spec, kind, progress, variant)
+    save_dataset(path, data, env=env, task=task, seed=file_seed)
+    manifest = _read_manifest(folder)
+    manifest.update(env=env, preset=preset)
+    manifest["files"][fname] = {**want, "sha256": sha256(path), "bytes": os.path.getsize(path),
+                                "violations": int(data["costs"].sum()),
+                                "seconds": round(time.time() - t0, 1)}
+    _write_manifest(folder, manifest)
+    if progress:
+        print(f"{env} {fname}: {n} transitions, {int(data['costs'].sum())} violations, "
+              f"{time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    return load_dataset(path, expected_sha256=manifest["files"][fname]["sha256"])
+
+
+def get_datasets(env: str, preset: str, root: str = "data", test_variant: str = "default",
+                 progress: bool = False, seed: int = 0) -> tuple[list[dict], dict]:
+    """(training datasets, D_test) of `env` under `preset`, generating what is missing."""
+    spec, folder = _spec_folder(env, preset, root)
+    train = [cached(folder, f"train_{i:02d}.npz", env, preset, task, 1000 * seed + i, spec.n_train,
+                    spec, "train", progress) for i, task in enumerate(envs.train_tasks(env, seed))]
+    test = cached(folder, f"test_{test_variant}.npz", env, preset, envs.test_task(env, test_variant),
+                  1000 * seed + 999, spec.n_test, spec, "test", progress)
+    return train, test
+
+
+def get_oracle(env: str, preset: str, root: str = "data", test_variant: str = "default",
+               progress: bool = False, seed: int = 0, variant: str = "mesa") -> dict:
+    """The RRL-oracle's data: n_oracle test-environment transitions of the training data's kind.
+
+    variant "rrl" is Recovery RL's Navigation-2 generator (the Recovery RL check only).
+    """
+    spec, folder = _spec_folder(env, preset, root)
+    suffix = "" if variant == "mesa" else f"_{variant}"
+    return cached(folder, f"oracle_{test_variant}{suffix}.npz", env, preset,
+                  envs.test_task(env, test_variant), 1000 * seed + 997, spec.n_oracle, spec, "oracle",
+                  progress, variant)
+
+
+def _row(name: str, label: str, group: list[dict], seconds: float) -> str:
+    counts = [describe(name, d) for d in group]
+    n, v, e = (sum(c[k] for c in counts) for k in ("transitions", "violations", "events"))
+    near = sum(c["near_obstacle"] * c["transitions"] for c in counts) / n
+    near_text = "-" if np.isnan(near) else f"{near:.3f}"
+    return (f"{name:12s} {label:8s} {len(group):5d} {n:11d} {v:10d} {v / n:6.3f} {e:7d} "
+            f"{near_text:>7s} {seconds:8.1f}")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Generate (or verify) the offline datasets.")
-    parser.add_argument("--env", default="all", choices=("all",) + envs.ENV_NAMES)
-    parser.add_argument("--preset", default="quick", choices=PRESETS)
-    parser.add_argument("--root", default="data", help="cache folder")
-    parser.add_argument("--test-variant", default="default", help='"partial" for halfcheetah')
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description="Generate (or load and verify) the offline datasets and print what they hold. "
+                    "The locomotion environments run an SAC per task: README 'Datasets' gives the times.")
+    parser.add_argument("--env", default="all", choices=("all",) + envs.ENV_NAMES,
+                        help="which environment (default: all)")
+    parser.add_argument("--preset", default="quick", choices=PRESETS,
+                        help="dataset sizes (default: %(default)s)")
+    parser.add_argument("--root", default="data", help="cache folder (default: %(default)s)")
+    parser.add_argument("--test-variant", default="default", help='test task: "partial" for halfcheetah')
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     args = parser.parse_args(argv)
     names = envs.ENV_NAMES if args.env == "all" else (args.env,)
-    print(f"{'env':12s} {'dataset':9s} {'files':>5s} {'transitions':>12s} {'violations':>10s} "
-          f"{'rate':>6s} {'seconds':>8s}")
+    print(f"{'env':12s} {'dataset':8s} {'files':>5s} {'transitions':>11s} {'violations':>10s} "
+          f"{'rate':>6s} {'events':>7s} {'near':>7s} {'seconds':>8s}")
     for name in names:
-        train, test = get_datasets(name, args.preset, args.root, args.test_variant,
-                                   progress=True, seed=args.seed)
+        try:
+            train, test = get_datasets(name, args.preset, args.root, args.test_variant, True, args.seed)
+            oracle = get_oracle(name, args.preset, args.root, args.test_variant, True, args.seed)
+        except (DatasetError, ValueError) as e:
+            parser.exit(2, f"datasets.py: error: {e}\n")
         files = _read_manifest(os.path.join(args.root, args.preset, name))["files"]
-        for label, group in (("train", train), ("test", [test])):
-            n = sum(len(d["rewards"]) for d in group)
-            v = int(sum(d["costs"].sum() for d in group))
-            prefix = "train_" if label == "train" else f"test_{args.test_variant}"
+        for label, group, prefix in (("train", train, "train_"), ("test", [test], "test_"),
+                                     ("oracle", [oracle], "oracle_")):
             seconds = sum(e["seconds"] for f, e in files.items() if f.startswith(prefix))
-            print(f"{name:12s} {label:9s} {len(group):5d} {n:12d} {v:10d} {v / n:6.3f} "
-                  f"{seconds:8.1f}", flush=True)
+            print(_row(name, label, group, seconds), flush=True)
+    print("events: violations that entered the constraint set (not a repeat of the state before); "
+          "near: share of states in Navigation 1's path corridor or within 5 of Navigation 2's obstacle")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ filter and the online loop (SPEC sections 2 and 3; Phase 3 of MESA's Algorithm 1
 - Action relabelling: the task policy learns from the action it PROPOSED, the safety critic from
   the action that was EXECUTED.
 
-Which policy pi the Bellman target evaluates: in Phases 1-2 the task policy at initialisation (as
-in the authors' code, because no task policy exists yet); in Phase 3 the composite policy that is
-really executed: the task policy's proposal, replaced by pi_rec's action where the filter fires.
+Which policy pi the Bellman target evaluates: the task policy pi_task, in every phase (Phases 1-2:
+at initialisation), as both of the authors' repositories do. Option target_policy="composite"
+evaluates the policy really executed instead (the task proposal, replaced by pi_rec's action where
+the filter fires); measured here, it lets a task policy that the reward pays to crash learn
+proposals just under eps_risk, so it is not the default (docs/design.md).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from sac import SAC, QNetwork, ReplayBuffer, frozen_copy, mlp, polyak_update, require
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
+TARGET_POLICIES = ("task", "composite")
 
 
 @dataclass
@@ -38,8 +41,11 @@ class RecoveryConfig:
     batch_size: int = 256        # transitions per Q_risk / pi_rec update
     pos_fraction: float = 0.0    # share of each Q_risk batch drawn from violating transitions
     hidden: tuple[int, ...] = (256, 256)
+    target_policy: str = "task"  # a' of the Phase-3 Bellman target: "task" (authors') or "composite"
 
     def __post_init__(self):
+        require(self.target_policy in TARGET_POLICIES,
+                f"target_policy must be one of {', '.join(TARGET_POLICIES)}, got {self.target_policy!r}")
         for name in ("gamma_risk", "eps_risk", "tau_risk", "pos_fraction"):
             value = getattr(self, name)
             require(0 <= value <= 1, f"{name} must lie in [0, 1], got {value}")
@@ -167,6 +173,10 @@ class Safety:
         """s -> filter(s, a_task ~ pi_task(.|s)): the policy Recovery RL actually executes."""
         return lambda obs: self.filtered(obs, task_policy(obs))[0]
 
+    def target_policy(self, task_policy: Policy) -> Policy:
+        """The policy whose next action a' enters the Phase-3 Bellman target (cfg.target_policy)."""
+        return task_policy if self.cfg.target_policy == "task" else self.composite_policy(task_policy)
+
     def state_dict(self) -> dict:
         return {name: getattr(self, name).state_dict()
                 for name in ("q_risk", "q_risk_targ", "pi_rec", "q_optim", "pi_optim")}
@@ -179,10 +189,11 @@ class Safety:
 # ----------------------------------------------------------------------------- Phase 3
 
 def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_buffer: ReplayBuffer,
-                safety_buffer: ReplayBuffer | None, env_step: int):
+                safety_buffer: ReplayBuffer | None, env_step: int, visited: ReplayBuffer | None = None):
     """One environment step of Recovery RL: propose, filter, execute, relabel, update.
 
-    Without a Safety (Unconstrained SAC) the proposal is executed as it is.
+    Without a Safety (Unconstrained SAC) the proposal is executed as it is. `visited`, if given,
+    records the executed transition too (to score critics where the agent goes).
     Returns (next_obs, reward, cost, terminated, truncated, info, filter_fired).
     """
     a_task = agent.explore(obs, env_step)
@@ -195,22 +206,26 @@ def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_bu
     task_buffer.add(obs, a_task, reward, cost, next_obs, terminated, truncated)      # proposed action
     if safety is not None:
         safety_buffer.add(obs, a_exec, reward, cost, next_obs, terminated, truncated)  # executed action
+    if visited is not None:
+        visited.add(obs, a_exec, reward, cost, next_obs, terminated, truncated)
 
     batch_size = agent.cfg.batch_size
     if len(task_buffer) >= batch_size:
         agent.update(task_buffer.sample(batch_size))
     if safety is not None and len(safety_buffer) >= safety.cfg.batch_size:
         batch = safety.sample(safety_buffer)
-        safety.update_critic(batch, safety.composite_policy(agent.policy))
+        safety.update_critic(batch, safety.target_policy(agent.policy))
         safety.update_recovery(batch["obs"])
     return next_obs, reward, cost, terminated, truncated, info, fired
 
 
 def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: int,
-                 offline: dict[str, np.ndarray] | None = None) -> Iterator[dict]:
+                 offline: dict[str, np.ndarray] | None = None, visited: ReplayBuffer | None = None
+                 ) -> Iterator[dict]:
     """Phase 3: run n_episodes of Recovery RL (or Unconstrained SAC when safety is None).
 
-    The safety buffer starts as the offline data. Yields one metrics dict per finished episode:
+    The safety buffer starts as the offline data; `visited`, if given, receives every executed
+    transition. Yields one metrics dict per finished episode:
     return, length, violation (0/1), success (0/1, or nan where undefined), recovery_fraction.
     """
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -227,7 +242,7 @@ def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: 
         ret, length, violated, recoveries, done = 0.0, 0, False, 0, False
         while not done:
             obs, reward, cost, terminated, truncated, info, fired = phase3_step(
-                env, obs, agent, safety, task_buffer, safety_buffer, env_step)
+                env, obs, agent, safety, task_buffer, safety_buffer, env_step, visited)
             ret, length, env_step = ret + reward, length + 1, env_step + 1
             violated, recoveries = violated or cost > 0, recoveries + fired
             done = terminated or truncated

@@ -30,8 +30,12 @@ from sac import atomic_write  # noqa: E402
 
 COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
            "cumulative_violations")
-COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red"}
-LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA"}
+COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red",
+           "rrl_oracle": "tab:purple"}
+LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
+          "rrl_oracle": "RRL-oracle"}
+TITLES = {"navigation1": "Navigation 1", "navigation2": "Navigation 2", "maze": "Maze",
+          "cartpole": "Cartpole-Length", "halfcheetah": "HalfCheetah-Disabled", "ant": "Ant-Disabled"}
 
 
 # ----------------------------------------------------------------------------- files
@@ -137,14 +141,47 @@ def _figure(path: str, by_method: dict, key: str, ylabel: str, title: str, windo
     atomic_write(path, buf.getvalue())
 
 
-def _critic_cell(metrics: list[dict], phase: str) -> str:
-    values = [m["critic"][phase]["auroc"] for m in metrics if m.get("critic", {}).get(phase)]
-    values = [v for v in values if v == v]   # drop nan (no positives or negatives)
-    return "-" if not values else "{:.3f} ± {:.3f}".format(*mean_se(values))
+def _critic_values(metrics: list[dict], where: str) -> list[float]:
+    """One AUROC per run from metrics.json["critic"][where] (nan dropped: a class was empty)."""
+    values = [m.get("critic", {}).get(where, {}).get("auroc", float("nan")) for m in metrics]
+    return [v for v in values if v == v]
 
 
-def summarise(env_dir: str, env: str, methods, seeds, has_success: bool) -> str:
-    """Write summary.md and the two figures for one environment; return the markdown table."""
+def _stat(values) -> dict | None:
+    if len(values) == 0:
+        return None
+    mean, se = mean_se(values)
+    return {"mean": mean, "se": se, "n": len(values)}
+
+
+CRITIC_PLACES = {"heldout_after_phase1": "after_phase1", "heldout_after_phase2": "after_phase2",
+                 "onpolicy_start": "onpolicy_start", "onpolicy_final": "onpolicy_final"}
+
+
+def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> dict:
+    """One method's numbers over its seeds (summary.json): means with standard errors.
+
+    violation_rate: share of episodes with a violation; success_rate_last100: success rate over the
+    last 100 episodes (or all, if fewer); final_*: mean over the last 10% of episodes.
+    """
+    last100 = [np.nanmean(r["success"][-100:]) for r in runs] if has_success else []
+    out = {"seeds": len(runs), "episodes": int(min(len(r["episode"]) for r in runs)),
+           "cumulative_violations": _stat([r["cumulative_violations"][-1] for r in runs]),
+           "violation_rate": _stat([np.mean(r["violation"]) for r in runs]),
+           "final_return": _stat([final_value(r["return"]) for r in runs]),
+           "final_success": _stat([final_value(r["success"]) for r in runs]) if has_success else None,
+           "success_rate_last100": _stat(last100),
+           "recovery_fraction": _stat([np.mean(r["recovery_fraction"]) for r in runs])}
+    out["critic_auroc"] = {name: _stat(_critic_values(metrics, where)) for name, where in CRITIC_PLACES.items()}
+    return out
+
+
+def _cell(stat: dict | None, fmt: str = "{:.3f} ± {:.3f}") -> str:
+    return "-" if stat is None else fmt.format(stat["mean"], stat["se"])
+
+
+def load_runs(env_dir: str, methods, seeds) -> tuple[dict, dict]:
+    """(episodes per method, metrics.json per method) of the finished runs under env_dir."""
     by_method, metrics = {}, {}
     for method in methods:
         runs = [os.path.join(env_dir, method, f"seed{s}") for s in seeds]
@@ -152,30 +189,44 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool) -> str:
         if runs:
             by_method[method] = [read_episodes(os.path.join(r, "episodes.csv")) for r in runs]
             metrics[method] = [json.load(open(os.path.join(r, "metrics.json"))) for r in runs]
-    key, name = ("success", "success rate") if has_success else ("return", "return")
-    finals = ["success", "return"] if has_success else ["return"]   # the final-value columns
-    header = ["method", "seeds", "episodes", "cumulative violations", *(f"final {n}" if n == "return" else "final success rate" for n in finals),
-              "Q_risk AUROC after Phase 1", "after Phase 2"]
-    lines = [f"# {env}: {len(seeds)} seed(s), mean ± standard error over seeds", "",
+    return by_method, metrics
+
+
+def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset: str = "") -> str:
+    """Write summary.md, summary.json and the two figures for one environment; return the table."""
+    by_method, metrics = load_runs(env_dir, methods, seeds)
+    summary = {m: method_summary(by_method[m], metrics[m], has_success) for m in by_method}
+    report = {"env": env, "preset": preset, "methods": summary}
+    header = ["method", "seeds", "episodes", "cumulative violations", "violating episodes",
+              *(["final success rate"] if has_success else []), "final return",
+              "AUROC held-out (Phase 1 / 2)", "AUROC on-policy (start / end of Phase 3)"]
+    lines = [f"# {env}: mean ± standard error over seeds", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, runs in by_method.items():
-        violations = mean_se([r["cumulative_violations"][-1] for r in runs])
-        cells = [LABELS.get(method, method), str(len(runs)), str(len(runs[0]["episode"])),
-                 f"{violations[0]:.1f} ± {violations[1]:.1f}"]
-        for column in finals:
-            mean, se = mean_se([final_value(r[column]) for r in runs])
-            cells.append(f"{mean:.3g} ± {se:.2g}" if column == "success" else f"{mean:.1f} ± {se:.1f}")
-        cells += [_critic_cell(metrics[method], "after_phase1"), _critic_cell(metrics[method], "after_phase2")]
+    for method, s in summary.items():
+        a = s["critic_auroc"]
+        cells = [LABELS.get(method, method), str(s["seeds"]), str(s["episodes"]),
+                 _cell(s["cumulative_violations"], "{:.1f} ± {:.1f}"), _cell(s["violation_rate"], "{:.2f} ± {:.2f}"),
+                 *([_cell(s["final_success"], "{:.2f} ± {:.2f}")] if has_success else []),
+                 _cell(s["final_return"], "{:.1f} ± {:.1f}"),
+                 f"{_cell(a['heldout_after_phase1'])} / {_cell(a['heldout_after_phase2'])}",
+                 f"{_cell(a['onpolicy_start'])} / {_cell(a['onpolicy_final'])}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    notes = ("\n\nFinal values: mean over the last 10% of episodes. AUROC: Q_risk on held-out "
-             "test-environment transitions against violations within ~1/(1 - gamma_risk) steps.\n\n"
+    notes = ("\n\nFinal values: mean over the last 10% of episodes. Violating episodes: share of "
+             "episodes with a violation. AUROC: Q_risk against a violation within "
+             "round(1/(1 - gamma_risk)) steps; held-out = a collection of D_test's generator after "
+             "Phases 1 and 2; on-policy = the transitions Phase 3 visited, scored by the critic "
+             "Phase 3 started from and by the final one.\n\n"
              "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
     atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
+    write_json(os.path.join(env_dir, "summary.json"), report)
     if by_method:
+        n_seeds = max(len(r) for r in by_method.values())
+        title = f"{TITLES.get(env, env)} (mean ± s.e., {n_seeds} seed{'s' * (n_seeds > 1)})"
         _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method, "cumulative_violations",
-                "Cumulative violations", env)
+                "Cumulative violations", title)
         n = min(len(r["episode"]) for runs in by_method.values() for r in runs)
-        _figure(os.path.join(env_dir, "learning_curve.png"), by_method, key,
-                name.capitalize(), env, window=max(1, n // 20))
+        key, name = ("success", "Success rate (running mean)") if has_success else ("return", "Return (running mean)")
+        _figure(os.path.join(env_dir, "learning_curve.png"), by_method, key, name, title,
+                window=max(1, n // 20))
     return table

@@ -6,23 +6,27 @@
 For each (env, method, seed) job (SPEC sections 4-5):
   1. set_seed(seed); a fresh SAC agent; its policy at initialisation gives the Bellman targets of
      Phases 1-2 (recovery_rl docstring).
-  2. Phase 1 (mesa.phase1) on the training datasets (MESA, Multi-Task) or D_test (RRL), then
-     Phase 2 (mesa.phase2) on D_test. The safety critic is scored after each phase on a held-out
-     random-policy collection from the test environment (loss against the Bellman targets, and
-     AUROC against report.danger_labels). Both phases are cached in phase2.pt.
+  2. Phase 1 (mesa.phase1) on the training datasets (MESA, Multi-Task), D_test (RRL) or the
+     oracle's test-environment data (RRL-oracle), then Phase 2 (mesa.phase2) on D_test. The safety
+     critic is scored after each phase on a held-out collection of D_test's generator (loss
+     against the Bellman targets, and AUROC against report.danger_labels). Both phases are cached
+     in phase2.pt.
   3. Reseed, then Phase 3 (recovery_rl.learn_online) in the test environment. The safety buffer
-     starts as D_test for every method that has one; the training datasets are used in Phase 1 only.
+     starts as the method's test-environment data (D_test; RRL-oracle: its own). Afterwards the
+     critic Phase 3 started from and the final one are scored on the transitions Phase 3 visited.
 Outputs: <out>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt, episodes.csv} and
 <out>/<env>/{summary.md, cumulative_violations.png, learning_curve.png}. episodes.csv is written
 last and marks a finished run; a rerun with the same configuration skips it.
 
-Presets: `paper` is SPEC sections 6 and 8 (plus PAPER_EPISODES, our choice: SPEC is silent);
-`quick` scales steps, widths and batches down to fit a 2-core CPU (README, "Running"); `smoke`
-runs every phase in seconds, for tests.
+Presets: `paper` is the paper's and the authors' settings (SPEC sections 6 and 8; Phase-3 episodes
+from the authors' command lines); `quick` keeps them but with 2 x 128 networks, batches of 128 and
+fewer Phase-3 episodes on Cartpole and the runners (README, "Running"); `smoke` runs every phase in
+seconds, for tests.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -54,22 +58,20 @@ DATA_SEED = 0                 # one set of datasets for every run seed (datasets
 HELDOUT_SEED = 998            # D_test is file seed 999 (datasets.py): a different random collection
 HELDOUT_SIZE = {"smoke": 200, "quick": 5000, "paper": 10000}
 MUJOCO = ("halfcheetah", "ant")
-# Phase-3 episodes of the paper preset: SPEC is silent; chosen to cover the plotted range.
-PAPER_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 300,
-                  "halfcheetah": 200, "ant": 200}
-QUICK_EPISODES = {"navigation1": 60, "navigation2": 60, "maze": 60, "cartpole": 30,
-                  "halfcheetah": 15, "ant": 15}
+# Phase-3 episodes of the paper preset: the authors' command lines (mesa_exps.txt; Maze:
+# Recovery RL's scripts/maze.sh). Quick: the same on the point envs, fewer on the others.
+PAPER_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 400,
+                  "halfcheetah": 500, "ant": 1000}
+QUICK_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 200,
+                  "halfcheetah": 60, "ant": 60}
 
 # Preset changes to the paper's hyperparameters, as {"group.field": value}. Quick: 2 x 128
-# networks, batches of 128, tau_risk 5e-3 (the paper's 2e-4 leaves the target network near its
-# initialisation within these step counts), and the paper's Phase-1 step counts except on the
-# MuJoCo envs, where they are 10x fewer (README, "Running": 2000 Multi-Task steps left Navigation 1's
-# Q_risk at its initial 0.5 in the corridor the agent starts in).
+# networks, batches of 128, and the paper's Phase-1 step counts except MESA's and Multi-Task's on
+# the MuJoCo envs, which are 10x / 5x fewer (README, "Running").
 QUICK = {"sac.hidden": (128, 128), "recovery.hidden": (128, 128), "sac.batch_size": 128,
          "recovery.batch_size": 128, "meta.batch_size": 128, "multitask.batch_size": 128,
-         "rrl.batch_size": 128, "recovery.tau_risk": 5e-3, "sac.start_steps": 500}
-QUICK_MUJOCO = {**QUICK, "sac.start_steps": 1000, "meta.steps": 1500, "multitask.steps": 3000,
-                "rrl.steps": 3000}
+         "rrl.batch_size": 128}
+QUICK_MUJOCO = {**QUICK, "meta.steps": 1500, "multitask.steps": 3000}
 SMOKE = {"sac.hidden": (16, 16), "recovery.hidden": (16, 16), "sac.batch_size": 16,
          "recovery.batch_size": 16, "meta.batch_size": 16, "multitask.batch_size": 16,
          "rrl.batch_size": 16, "adapt.batch_size": 16, "sac.start_steps": 20, "meta.steps": 3,
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         for f in dataclasses.fields(cls):
             if f"{group}.{f.name}" in SKIPPED:
                 continue
-            kind = {"int": dict(type=int), "float": dict(type=float),
+            kind = {"int": dict(type=int), "float": dict(type=float), "str": dict(type=str),
                     "bool": dict(action=argparse.BooleanOptionalAction),
                     "tuple[int, ...]": dict(type=int, nargs="+")}[f.type]
             section.add_argument(f"--{group}-{f.name.replace('_', '-')}", dest=f"{group}.{f.name}",
@@ -201,6 +203,8 @@ class Job:
     progress: bool
     test_fraction: float = 1.0   # share of D_test used (paper Figure 6)
     scale_inputs: bool = True    # standardise observations with D_test's statistics
+    env_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {"goal_radius": 4.0}
+    oracle_variant: str = "mesa"  # RRL-oracle's generator ("rrl": Recovery RL's Navigation 2)
 
     @property
     def folder(self) -> str:
@@ -216,11 +220,13 @@ class Job:
                 "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": hp,
                 "test_fraction": self.test_fraction, "scale_inputs": self.scale_inputs,
                 "episodes": self.episodes if phase3 else None}
+        if self.env_kwargs or self.oracle_variant != "mesa":   # absent keys keep older run keys valid
+            what.update(env_kwargs=self.env_kwargs, oracle_variant=self.oracle_variant)
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
-    """A random-policy collection from the test environment, seeded apart from D_test; cached."""
+    """A collection of D_test's generator in the test environment, seeded apart from D_test; cached."""
     path = os.path.join(root, preset, env, f"heldout_{variant}.npz")
     n = max(HELDOUT_SIZE[preset], datasets.PRESET_SPECS[preset][env].n_test)
     if os.path.exists(path):
@@ -228,13 +234,16 @@ def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
         if data["seed"] == HELDOUT_SEED and len(data["rewards"]) == n:
             return data
     task = envs.test_task(env, variant)
-    data = datasets.collect(env, task, n, HELDOUT_SEED, datasets.PRESET_SPECS[preset][env], use_sac=False)
+    data = datasets.collect(env, task, n, HELDOUT_SEED, datasets.PRESET_SPECS[preset][env], "test")
     datasets.save_dataset(path, data, env=env, task=task, seed=HELDOUT_SEED)
     return datasets.load_dataset(path)
 
 
 def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
-    """MSE of Q_risk against its Bellman targets, and AUROC of Q_risk against upcoming violations."""
+    """MSE of Q_risk against its Bellman targets, and AUROC of Q_risk against upcoming violations.
+
+    heldout: transitions in collection order (a held-out set, or the ones Phase 3 visited).
+    """
     batch = {"obs": torch.from_numpy(heldout["observations"]), "act": torch.from_numpy(heldout["actions"]),
              "cost": torch.from_numpy(heldout["costs"]),
              "next_obs": torch.from_numpy(heldout["next_observations"])}
@@ -255,7 +264,8 @@ def progress_bar(job: Job, phase: str, total: int):
 
 
 def offline_buffers(job: Job, train: list, test: dict) -> tuple[list[ReplayBuffer], ReplayBuffer]:
-    """Replay buffers of the training datasets (MESA and Multi-Task only) and of D_test."""
+    """Replay buffers of the training datasets (MESA and Multi-Task only) and of the method's
+    test-environment data (D_test; RRL-oracle's own)."""
     train_buffers = [ReplayBuffer.from_arrays(d, seed=job.seed + 1 + i) for i, d in enumerate(train)] \
         if job.method in ("mesa", "multitask") else []
     return train_buffers, ReplayBuffer.from_arrays(test, seed=job.seed)
@@ -265,8 +275,9 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
     """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}."""
     hp, method, timings, critic = job.hp, job.method, {}, {}
     train_buffers, test_buffer = offline_buffers(job, train, test)
-    steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps, "rrl": hp.rrl.steps}[method]
-    for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if method != "rrl" else 0)):
+    steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps}.get(method, hp.rrl.steps)
+    adapts = method in ("mesa", "multitask")
+    for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if adapts else 0)):
         t0 = time.perf_counter()
         with progress_bar(job, phase, total) as bar:
             callback = lambda step, metrics: bar.update(1)  # noqa: E731
@@ -280,19 +291,23 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
 
 
 def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
-    """(training datasets, D_test, test env, scaling of further datasets) as the job's networks see them.
+    """(training datasets, the method's test-environment data, test env, scaling of further datasets)
+    as the job's networks see them.
 
-    D_test is cut to job.test_fraction; with job.scale_inputs every observation, offline and online,
-    is standardised with the statistics of that D_test (README "Design choices").
+    D_test is cut to job.test_fraction; RRL-oracle gets its own data instead. With job.scale_inputs
+    every observation, offline and online, is standardised with the statistics of that D_test, for
+    every method alike (README "Design choices").
     """
     train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
     test = datasets.head(test, job.test_fraction)
-    env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant))
+    own = test if job.method != "rrl_oracle" else datasets.get_oracle(
+        job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED, variant=job.oracle_variant)
+    env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant), **job.env_kwargs)
     if not job.scale_inputs:
-        return train, test, env, lambda data: data
+        return train, own, env, lambda data: data
     mean, std = datasets.observation_scale(test)
     scale = lambda data: datasets.scaled(data, mean, std)   # noqa: E731
-    return [scale(d) for d in train], scale(test), envs.scaled_observations(env, mean, std), scale
+    return [scale(d) for d in train], scale(own), envs.scaled_observations(env, mean, std), scale
 
 
 def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
@@ -324,20 +339,35 @@ def run_one(job: Job) -> dict:
             save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
 
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
+    start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    visited = ReplayBuffer(obs_dim, act_dim, job.episodes * env.spec.max_episode_steps, seed=0)
     rows, t0 = [], time.perf_counter()
     with progress_bar(job, "phase3", job.episodes) as bar:
         for row in learn_online(env, agent, safety, job.episodes, job.seed,
-                                offline=test if safety is not None else None):
+                                offline=test if safety is not None else None, visited=visited):
             rows.append(row)
             bar.update(1)
             bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
     env.close()
     info["timings"]["phase3"] = time.perf_counter() - t0
+    if safety is not None:
+        info["critic"].update(onpolicy_quality(safety, start_state, visited.arrays(), agent.policy))
     info["timings"]["total"] = time.perf_counter() - t_start
     write_run(job, info, rows)
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
             "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
             "seconds": info["timings"]["total"]}
+
+
+def onpolicy_quality(safety: Safety, start_state: dict, visited: dict, policy) -> dict:
+    """Critic quality on the transitions Phase 3 visited: the critic it started from and the final one."""
+    final = copy.deepcopy(safety.state_dict())
+    scores = {"onpolicy_final": critic_quality(safety, visited, policy)}
+    safety.load_state_dict(start_state)
+    scores["onpolicy_start"] = critic_quality(safety, visited, policy)
+    safety.load_state_dict(final)
+    return scores
 
 
 def versions() -> dict:
@@ -427,6 +457,8 @@ def main(argv=None) -> None:
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)
             heldout_set(env, args.preset, args.data_root, args.test_variant)
+            if "rrl_oracle" in methods:
+                datasets.get_oracle(env, args.preset, args.data_root, args.test_variant, True, DATA_SEED)
     except (datasets.DatasetError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 
@@ -437,7 +469,7 @@ def main(argv=None) -> None:
     run_jobs(todo, args.workers, threads)
     for env in env_names:
         env_dir = os.path.join(args.out, env)
-        print(f"\n{report.summarise(env_dir, env, methods, seeds, envs.HAS_SUCCESS[env])}")
+        print(f"\n{report.summarise(env_dir, env, methods, seeds, envs.HAS_SUCCESS[env], args.preset)}")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
 
 
