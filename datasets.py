@@ -40,10 +40,12 @@ import argparse
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import sys
 import time
 import zipfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -434,44 +436,92 @@ def _spec_folder(env: str, preset: str, root: str) -> tuple[CollectSpec, str]:
     return PRESET_SPECS[preset][env], folder
 
 
-def cached(folder: str, fname: str, env: str, preset: str, task: dict, file_seed: int, n: int,
-           spec: CollectSpec, kind: str, progress: bool = False, variant: str = "mesa") -> dict:
-    """One dataset: loaded and verified if the manifest lists it with the same recipe, else collected.
+@dataclass(frozen=True)
+class FileJob:
+    """One dataset file of one environment: where it goes and how it is collected."""
+    folder: str
+    fname: str
+    env: str
+    task: dict
+    seed: int
+    n: int
+    spec: CollectSpec
+    kind: str
+    variant: str = "mesa"
 
-    The recipe (seed, task, size, kind, generator variant, collection spec) is stored in
-    data/<preset>/<env>/manifest.json beside the file's sha256.
-    """
-    path = os.path.join(folder, fname)
-    want = {"seed": file_seed, "task": {k: list(np.atleast_1d(v)) for k, v in task.items()},
-            "transitions": n, "kind": kind, "variant": variant,
-            "spec": json.loads(json.dumps(asdict(spec)))}
-    entry = _read_manifest(folder)["files"].get(fname)
-    if entry is not None and os.path.exists(path) and all(entry.get(k) == v for k, v in want.items()):
-        return load_dataset(path, expected_sha256=entry["sha256"])
+    @property
+    def path(self) -> str:
+        return os.path.join(self.folder, self.fname)
+
+    def recipe(self) -> dict:
+        """What the file depends on; stored in the manifest beside its sha256."""
+        return {"seed": self.seed, "task": {k: list(np.atleast_1d(v)) for k, v in self.task.items()},
+                "transitions": self.n, "kind": self.kind, "variant": self.variant,
+                "spec": json.loads(json.dumps(asdict(self.spec)))}
+
+    def is_cached(self) -> bool:
+        entry = _read_manifest(self.folder)["files"].get(self.fname)
+        return (entry is not None and os.path.exists(self.path)
+                and all(entry.get(k) == v for k, v in self.recipe().items()))
+
+
+def write_file(job: FileJob, progress: bool = False) -> dict:
+    """Collect one dataset and write its .npz; returns its manifest entry (the caller records it)."""
     t0 = time.time()
-    data = collect(env, task, n, file_seed, spec, kind, progress, variant)
-    save_dataset(path, data, env=env, task=task, seed=file_seed)
-    manifest = _read_manifest(folder)
-    manifest.update(env=env, preset=preset)
-    manifest["files"][fname] = {**want, "sha256": sha256(path), "bytes": os.path.getsize(path),
-                                "violations": int(data["costs"].sum()),
-                                "seconds": round(time.time() - t0, 1)}
-    _write_manifest(folder, manifest)
+    data = collect(job.env, job.task, job.n, job.seed, job.spec, job.kind, progress, job.variant)
+    save_dataset(job.path, data, env=job.env, task=job.task, seed=job.seed)
     if progress:
-        print(f"{env} {fname}: {n} transitions, {int(data['costs'].sum())} violations, "
+        print(f"{job.env} {job.fname}: {job.n} transitions, {int(data['costs'].sum())} violations, "
               f"{time.time() - t0:.1f} s", file=sys.stderr, flush=True)
-    return load_dataset(path, expected_sha256=manifest["files"][fname]["sha256"])
+    return {**job.recipe(), "sha256": sha256(job.path), "bytes": os.path.getsize(job.path),
+            "violations": int(data["costs"].sum()), "seconds": round(time.time() - t0, 1)}
+
+
+def _record(job: FileJob, preset: str, entry: dict) -> None:
+    manifest = _read_manifest(job.folder)
+    manifest.update(env=job.env, preset=preset)
+    manifest["files"][job.fname] = entry
+    _write_manifest(job.folder, manifest)
+
+
+def load_or_collect(jobs: list[FileJob], preset: str, progress: bool = False, workers: int = 1) -> list[dict]:
+    """The jobs' datasets: loaded and verified where the manifest lists the same recipe, else
+    collected (in `workers` processes, one torch thread each) and recorded in the manifest."""
+    missing = [j for j in jobs if not j.is_cached()]
+    if workers > 1 and len(missing) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=context) as pool:
+            futures = {pool.submit(write_file, j, progress): j for j in missing}
+            for future in as_completed(futures):       # the manifest is written by this process only
+                _record(futures[future], preset, future.result())
+    else:
+        for j in missing:
+            _record(j, preset, write_file(j, progress))
+    entries = {j.folder: _read_manifest(j.folder)["files"] for j in jobs}
+    return [load_dataset(j.path, expected_sha256=entries[j.folder][j.fname]["sha256"]) for j in jobs]
+
+
+def file_jobs(env: str, preset: str, root: str = "data", test_variant: str = "default", seed: int = 0,
+              oracle: bool = False, variant: str = "mesa") -> list[FileJob]:
+    """The training files, then D_test, then (with oracle) the RRL-oracle's file of env under preset."""
+    spec, folder = _spec_folder(env, preset, root)
+    jobs = [FileJob(folder, f"train_{i:02d}.npz", env, task, 1000 * seed + i, spec.n_train, spec, "train")
+            for i, task in enumerate(envs.train_tasks(env, seed))]
+    test_task = envs.test_task(env, test_variant)
+    jobs.append(FileJob(folder, f"test_{test_variant}.npz", env, test_task, 1000 * seed + 999, spec.n_test,
+                        spec, "test"))
+    if oracle:
+        suffix = "" if variant == "mesa" else f"_{variant}"
+        jobs.append(FileJob(folder, f"oracle_{test_variant}{suffix}.npz", env, test_task, 1000 * seed + 997,
+                            spec.n_oracle, spec, "oracle", variant))
+    return jobs
 
 
 def get_datasets(env: str, preset: str, root: str = "data", test_variant: str = "default",
-                 progress: bool = False, seed: int = 0) -> tuple[list[dict], dict]:
+                 progress: bool = False, seed: int = 0, workers: int = 1) -> tuple[list[dict], dict]:
     """(training datasets, D_test) of `env` under `preset`, generating what is missing."""
-    spec, folder = _spec_folder(env, preset, root)
-    train = [cached(folder, f"train_{i:02d}.npz", env, preset, task, 1000 * seed + i, spec.n_train,
-                    spec, "train", progress) for i, task in enumerate(envs.train_tasks(env, seed))]
-    test = cached(folder, f"test_{test_variant}.npz", env, preset, envs.test_task(env, test_variant),
-                  1000 * seed + 999, spec.n_test, spec, "test", progress)
-    return train, test
+    loaded = load_or_collect(file_jobs(env, preset, root, test_variant, seed), preset, progress, workers)
+    return loaded[:-1], loaded[-1]
 
 
 def get_oracle(env: str, preset: str, root: str = "data", test_variant: str = "default",
@@ -480,11 +530,8 @@ def get_oracle(env: str, preset: str, root: str = "data", test_variant: str = "d
 
     variant "rrl" is Recovery RL's Navigation-2 generator (the Recovery RL check only).
     """
-    spec, folder = _spec_folder(env, preset, root)
-    suffix = "" if variant == "mesa" else f"_{variant}"
-    return cached(folder, f"oracle_{test_variant}{suffix}.npz", env, preset,
-                  envs.test_task(env, test_variant), 1000 * seed + 997, spec.n_oracle, spec, "oracle",
-                  progress, variant)
+    job = file_jobs(env, preset, root, test_variant, seed, oracle=True, variant=variant)[-1]
+    return load_or_collect([job], preset, progress)[0]
 
 
 def _row(name: str, label: str, group: list[dict], seconds: float) -> str:
@@ -507,14 +554,16 @@ def main(argv=None) -> None:
     parser.add_argument("--root", default="data", help="cache folder (default: %(default)s)")
     parser.add_argument("--test-variant", default="default", help='test task: "partial" for halfcheetah')
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="files collected in parallel processes (default: the number of cores, %(default)s)")
     args = parser.parse_args(argv)
     names = envs.ENV_NAMES if args.env == "all" else (args.env,)
     print(f"{'env':12s} {'dataset':8s} {'files':>5s} {'transitions':>11s} {'violations':>10s} "
           f"{'rate':>6s} {'events':>7s} {'near':>7s} {'seconds':>8s}")
     for name in names:
         try:
-            train, test = get_datasets(name, args.preset, args.root, args.test_variant, True, args.seed)
-            oracle = get_oracle(name, args.preset, args.root, args.test_variant, True, args.seed)
+            jobs = file_jobs(name, args.preset, args.root, args.test_variant, args.seed, oracle=True)
+            *train, test, oracle = load_or_collect(jobs, args.preset, True, args.workers)
         except (DatasetError, ValueError) as e:
             parser.exit(2, f"datasets.py: error: {e}\n")
         files = _read_manifest(os.path.join(args.root, args.preset, name))["files"]

@@ -3,7 +3,12 @@
     python paper.py                       # all parts, quick preset, 2 workers (README gives the time)
     python paper.py --only figure2        # one or more parts: comparison figure2 figure6 outer_lr
 
-Parts (SPEC section 9):
+Parts (SPEC sections 9 and 10):
+  rrl_check   Recovery RL in its own paper's setting, before any comparison is believed: RRL
+              pretrained on 20K (navigation) / 10K (maze) test-environment transitions, and
+              Unconstrained SAC, on Navigation 1, Navigation 2 and Maze, Recovery RL's gamma_risk /
+              eps_risk / pos_fraction, navigation episodes that end and succeed within 4 of the goal,
+              400 / 500 episodes, RRL_CHECK_SEEDS seeds, the paper preset's networks.
   comparison  run.py on the six environments, the four methods, COMPARISON_SEEDS seeds.
   figure2     Maze, Multi-Task vs. MESA: after Phase 1, adapt on D_test and score Q_risk on the
               held-out set after each of ADAPT_STEPS steps (AUROC and loss against adaptation
@@ -47,7 +52,7 @@ import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import atomic_write  # noqa: E402
 
-PARTS = ("comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
+PARTS = ("rrl_check", "comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
 COMPARISON_SEEDS = 5
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
@@ -318,6 +323,66 @@ def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> 
                             range(RAW_SEEDS), True)
 
 
+# ----------------------------------------------------------------------------- the Recovery RL check
+
+RRL_CHECK_EPISODES = {"navigation1": 400, "navigation2": 400, "maze": 500}
+RRL_CHECK_SEEDS = 3
+# Recovery RL's scripts/*.sh: (gamma_risk, eps_risk, pos_fraction)
+RRL_CHECK_SETTINGS = {"navigation1": (0.8, 0.3, 0.0), "navigation2": (0.65, 0.2, 0.0), "maze": (0.5, 0.15, 0.3)}
+RRL_CHECK_METHODS = {"rrl_oracle": "rrl", "unconstrained": "unconstrained"}   # run name -> reported name
+
+
+def rrl_check_jobs(out: str, preset: str, data_root: str, seeds: int = RRL_CHECK_SEEDS) -> list[run.Job]:
+    """The runs of the Recovery RL check (SPEC section 10); the paper preset unless smoke."""
+    preset = "smoke" if preset == "smoke" else "paper"
+    jobs = []
+    for env, episodes in RRL_CHECK_EPISODES.items():
+        gamma, eps, pos = RRL_CHECK_SETTINGS[env]
+        setting = {"recovery.gamma_risk": gamma, "recovery.eps_risk": eps, "recovery.pos_fraction": pos,
+                   "env_kwargs": {"goal_radius": 4.0} if env in mesa.NAVIGATION else {},
+                   "oracle_variant": "rrl" if env == "navigation2" else "mesa",
+                   "episodes": 2 if preset == "smoke" else episodes}
+        jobs += [job(env, m, s, out, preset, data_root, **setting) for m in RRL_CHECK_METHODS for s in range(seeds)]
+    return jobs
+
+
+def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    """Run the check, write rrl_check/summary.{md,json}; return the markdown table."""
+    folder = os.path.join(out, "rrl_check")
+    jobs = rrl_check_jobs(folder, preset, data_root)
+    for env in RRL_CHECK_EPISODES:
+        prepare(env, jobs[0].preset, data_root)
+        datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=run.DATA_SEED,
+                            variant="rrl" if env == "navigation2" else "mesa")
+    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    summary, seeds = {}, sorted({j.seed for j in jobs})
+    for env in RRL_CHECK_EPISODES:
+        env_dir = os.path.join(folder, env)
+        report.summarise(env_dir, env, list(RRL_CHECK_METHODS), seeds, True, jobs[0].preset)
+        by_method, metrics = report.load_runs(env_dir, RRL_CHECK_METHODS, seeds)
+        summary[env] = {RRL_CHECK_METHODS[m]: report.method_summary(by_method[m], metrics[m], True)
+                        for m in by_method}
+    report.write_json(os.path.join(folder, "summary.json"), summary)
+    table = rrl_check_table(summary)
+    atomic_write(os.path.join(folder, "summary.md"), table + "\n")
+    return table
+
+
+def rrl_check_table(summary: dict) -> str:
+    """Violating episodes and the last 100 episodes' success rate, per env and method."""
+    lines = ["| env | method | seeds | episodes | violating episodes | success rate, last 100 | "
+             "cumulative violations | Q_risk AUROC on-policy (start of Phase 3) |", "|---|---|---|---|---|---|---|---|"]
+    for env, methods in summary.items():
+        for name, s in methods.items():
+            a = s["critic_auroc"]["onpolicy_start"]
+            lines.append(f"| {report.TITLES[env]} | {report.LABELS[name]} | {s['seeds']} | {s['episodes']} | "
+                         f"{report._cell(s['violation_rate'], '{:.3f} ± {:.3f}')} | "
+                         f"{report._cell(s['success_rate_last100'], '{:.2f} ± {:.2f}')} | "
+                         f"{report._cell(s['cumulative_violations'], '{:.1f} ± {:.1f}')} | {report._cell(a)} |")
+    return "\n".join(lines) + ("\n\nMean ± standard error over seeds. Rates are shares of episodes. "
+                               "Command: python3 paper.py --only rrl_check")
+
+
 # ----------------------------------------------------------------------------- all of it
 
 def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> str:
@@ -397,7 +462,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    parts = {"comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
+    parts = {"rrl_check": rrl_check, "comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
              "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)

@@ -12,13 +12,18 @@ from datasets import CollectSpec, DatasetError
 
 warnings.filterwarnings("ignore", module="gymnasium")
 
-TINY_SAC = CollectSpec(n_train=300, n_test=100, rollout_len=None, sac=True, start_steps=100,
-                       updates_per_step=0.1)
+TINY_SAC = CollectSpec(n_train=300, n_test=100, n_oracle=50, start_steps=100, updates_per_step=0.1,
+                       sac_hidden=(16, 16), sac_batch=16)
 
 
 def nav_data(n=60, seed=0):
     spec = datasets.PRESET_SPECS["smoke"]["navigation1"]
-    return datasets.collect("navigation1", envs.test_task("navigation1"), n, seed, spec, False)
+    return datasets.collect("navigation1", envs.test_task("navigation1"), n, seed, spec, "train")
+
+
+def episode_starts(d):
+    ends = d["terminals"] | d["timeouts"]
+    return np.r_[0, np.flatnonzero(ends[:-1]) + 1], ends
 
 
 def test_dims_match_the_envs():
@@ -28,37 +33,86 @@ def test_dims_match_the_envs():
 
 
 @pytest.mark.parametrize("name", ["navigation1", "navigation2", "maze"])
-def test_point_env_rollouts_short_varied_safe_starts_and_continue_after_violation(name):
+@pytest.mark.parametrize("kind", ["train", "test"])
+def test_point_env_rollouts_end_at_the_first_violation(name, kind):
     spec = datasets.PRESET_SPECS["quick"][name]
-    env = envs.make_env(name, envs.train_tasks(name)[0]).unwrapped
-    d = datasets.collect(name, envs.train_tasks(name)[0], 3000, 0, spec, False)
-    ends = d["terminals"] | d["timeouts"]
+    task = envs.train_tasks(name)[0] if kind == "train" else envs.test_task(name)
+    env = envs.make_env(name, task).unwrapped
+    d = datasets.collect(name, task, 3000, 0, spec, kind)
+    starts, ends = episode_starts(d)
     assert ends[-1] and not np.any(d["terminals"] & d["timeouts"])
     cont = ~ends[:-1]
     np.testing.assert_array_equal(d["next_observations"][:-1][cont], d["observations"][1:][cont])
-    lengths = np.diff(np.flatnonzero(np.r_[True, ends]))
-    assert lengths.max() <= spec.rollout_len and np.mean(lengths == spec.rollout_len) > 0.5
-    starts = d["observations"][np.r_[0, np.flatnonzero(ends[:-1]) + 1]]
-    assert not any(env.violates(s) for s in starts)                 # starts are safe
-    assert np.std(starts, axis=0).min() > (1.0 if name != "maze" else 0.05)  # and varied
-    assert d["costs"].sum() > 0
-    assert np.any((d["costs"][:-1] == 1.0) & cont)                   # violations don't end them
-    np.testing.assert_array_equal(d["costs"][:-1][cont & (d["costs"][:-1] == 1)],
-                                  d["costs"][1:][cont & (d["costs"][:-1] == 1)])  # sticky
+    lengths = np.diff(np.r_[starts, len(ends)])
+    assert lengths.max() <= spec.rollout_len
+    assert not any(env.violates(s) for s in d["observations"])        # no row starts in violation
+    assert d["costs"].sum() > 0 and np.all(d["terminals"][d["costs"] == 1])   # a violation ends it
+    assert datasets.violation_events(d) == d["costs"].sum()             # no stuck repeats
+    assert np.std(d["observations"][starts], axis=0).min() > (1.0 if name != "maze" else 0.05)
 
 
-def test_same_seed_same_dataset_random_and_sac():
+def test_navigation1_data_lies_in_the_corridor():
+    """61% of the authors' Navigation-1 transitions lie in the path corridor (|y| < 5, -80 < x < 0)."""
+    d = nav_data(n=10_000)
+    share = datasets.near_obstacle_share("navigation1", d["observations"])
+    assert 0.55 < share < 0.67
+    starts, _ = episode_starts(d)
+    x, y = d["observations"][starts].T
+    assert np.all((x > -80) & (x < 50) & (np.abs(y) > 2) & (np.abs(y) < 5))
+    assert 0.02 < d["costs"].mean() < 0.1                                 # paper: 6.8%
+
+
+def test_navigation2_blocks_aim_at_the_obstacle_and_rrl_variant_adds_uniform_starts():
+    spec = datasets.PRESET_SPECS["quick"]["navigation2"]
+    task = envs.test_task("navigation2")
+    mesa_data = datasets.collect("navigation2", task, 8000, 0, spec, "train")
+    rrl_data = datasets.collect("navigation2", task, 8000, 0, spec, "oracle", variant="rrl")
+    assert 0.06 < mesa_data["costs"].mean() < 0.2                         # paper: 12%
+    near = [datasets.near_obstacle_share("navigation2", d["observations"]) for d in (mesa_data, rrl_data)]
+    assert near[0] > 0.8 and near[1] < near[0] - 0.2
+    starts, _ = episode_starts(mesa_data)
+    x, y = mesa_data["observations"][starts].T
+    assert np.all((x >= -35) & (x <= -15) & (np.abs(y) <= 15))
+
+
+def test_maze_segments_mix_random_and_expert_from_three_bands():
+    spec = datasets.PRESET_SPECS["quick"]["maze"]
+    d = datasets.collect("maze", envs.test_task("maze"), 4000, 0, spec, "train")
+    starts, _ = episode_starts(d)
+    x = d["observations"][starts, 0]
+    bands = [np.mean((x > lo) & (x < hi)) for _, (lo, hi) in datasets.MAZE_START_BANDS]
+    assert all(abs(b - p) < 0.1 for b, (p, _) in zip(bands, datasets.MAZE_START_BANDS))
+
+
+def test_sac_replay_goes_on_after_a_violation_and_oracle_is_a_sample():
+    task = envs.train_tasks("cartpole")[0]
+    s1 = datasets.collect("cartpole", task, 300, 5, TINY_SAC, "train")
+    s2 = datasets.collect("cartpole", task, 300, 5, TINY_SAC, "train")
+    assert all(np.array_equal(s1[k], s2[k]) for k in datasets.FIELDS)
+    _, ends = episode_starts(s1)
+    assert ends[-1] and s1["costs"].sum() > 0
+    assert np.any((s1["costs"][:-1] == 1) & ~ends[:-1])          # the episode goes on after a violation
+    assert datasets.violation_events(s1) < s1["costs"].sum()
+    oracle = datasets.collect("cartpole", envs.test_task("cartpole"), 50, 5, TINY_SAC, "oracle")
+    assert len(oracle["rewards"]) == 50
+    with pytest.raises(ValueError, match="unknown dataset kind"):
+        datasets.collect("cartpole", task, 10, 0, TINY_SAC, "holdout")
+
+
+def test_violation_events_count_entries_not_repeats():
+    costs = np.array([0, 1, 1, 0, 1, 1, 1], np.float32)
+    terminals = np.zeros(7, bool)
+    timeouts = np.array([0, 0, 1, 0, 0, 0, 1], bool)                 # two episodes: rows 0-2, 3-6
+    d = {"costs": costs, "terminals": terminals, "timeouts": timeouts}
+    assert datasets.violation_events(d) == 2
+    d["timeouts"] = np.array([0, 1, 0, 0, 0, 0, 1], bool)            # row 2 starts a new episode
+    assert datasets.violation_events(d) == 3
+
+
+def test_same_seed_same_dataset():
     a, b, c = nav_data(seed=1), nav_data(seed=1), nav_data(seed=2)
     assert all(np.array_equal(a[k], b[k]) for k in datasets.FIELDS)
     assert not np.array_equal(a["observations"], c["observations"])
-    task = envs.train_tasks("cartpole")[0]
-    s1 = datasets.collect("cartpole", task, 300, 5, TINY_SAC, True)
-    s2 = datasets.collect("cartpole", task, 300, 5, TINY_SAC, True)
-    assert all(np.array_equal(s1[k], s2[k]) for k in datasets.FIELDS)
-    ends = s1["timeouts"] | s1["terminals"]
-    assert ends[-1] and s1["costs"].sum() > 0
-    # a violation does not end a training episode: cost-1 rows followed by more of the episode
-    assert np.any((s1["costs"][:-1] == 1) & ~ends[:-1])
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -142,6 +196,7 @@ def test_get_datasets_generates_caches_and_verifies(tmp_path, monkeypatch):
     def no_collect(*args, **kwargs):
         raise AssertionError("cached datasets must not be regenerated")
     monkeypatch.setattr(datasets, "collect", no_collect)
+    monkeypatch.setattr(datasets, "write_file", no_collect)
     train2, test2 = datasets.get_datasets("navigation2", "smoke", root=root)
     assert np.array_equal(train2[7]["observations"], train[7]["observations"])
 
@@ -155,14 +210,34 @@ def test_get_datasets_generates_caches_and_verifies(tmp_path, monkeypatch):
         datasets.get_datasets("navigation2", "huge", root=root)
 
 
-def test_get_datasets_sac_envs_and_cli(tmp_path, capsys):
+def test_old_format_version_is_refused_with_how_to_regenerate(tmp_path):
+    root = str(tmp_path)
+    datasets.get_datasets("navigation1", "smoke", root=root)
+    folder = os.path.join(root, "smoke", "navigation1")
+    manifest_path = os.path.join(folder, "manifest.json")
+    manifest = json.load(open(manifest_path))
+    manifest["format_version"] = 1
+    json.dump(manifest, open(manifest_path, "w"))
+    with pytest.raises(DatasetError, match="format version 1") as err:
+        datasets.get_datasets("navigation1", "smoke", root=root)
+    assert f"delete {folder}" in str(err.value) and "\n" not in str(err.value)
+    path = tmp_path / "old.npz"
+    _write_raw(path, nav_data(), format_version=np.array(1))
+    with pytest.raises(DatasetError, match="format version 1, expected 2; delete"):
+        datasets.load_dataset(path)
+
+
+def test_get_datasets_sac_envs_oracle_and_cli(tmp_path, capsys):
     root = str(tmp_path)
     train, test = datasets.get_datasets("halfcheetah", "smoke", root=root, test_variant="partial")
     assert len(train) == 4 and test["task"] == envs.test_task("halfcheetah", "partial")
     assert train[0]["observations"].shape == (1000, 17)
-    datasets.main(["--env", "navigation1", "--preset", "smoke", "--root", root])
+    oracle = datasets.get_oracle("navigation2", "smoke", root=root, variant="rrl")
+    assert len(oracle["rewards"]) == datasets.PRESET_SPECS["smoke"]["navigation2"].n_oracle
+    assert oracle["task"] == envs.test_task("navigation2")
+    datasets.main(["--env", "navigation1", "--preset", "smoke", "--root", root, "--workers", "1"])
     out = capsys.readouterr().out
-    assert "navigation1  train        20         4000" in out
+    assert "navigation1  train       20        4000" in out and "oracle" in out
     again1, _ = datasets.get_datasets("navigation1", "smoke", root=root)
-    again2, _ = datasets.get_datasets("navigation1", "smoke", root=str(tmp_path / "other"))
+    again2, _ = datasets.get_datasets("navigation1", "smoke", root=str(tmp_path / "other"), workers=2)
     assert all(np.array_equal(a["observations"], b["observations"]) for a, b in zip(again1, again2))
