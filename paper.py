@@ -374,11 +374,10 @@ def rrl_check_table(summary: dict) -> str:
              "cumulative violations | Q_risk AUROC on-policy (start of Phase 3) |", "|---|---|---|---|---|---|---|---|"]
     for env, methods in summary.items():
         for name, s in methods.items():
-            a = s["critic_auroc"]["onpolicy_start"]
             lines.append(f"| {report.TITLES[env]} | {report.LABELS[name]} | {s['seeds']} | {s['episodes']} | "
-                         f"{report._cell(s['violation_rate'], '{:.3f} ± {:.3f}')} | "
-                         f"{report._cell(s['success_rate_last100'], '{:.2f} ± {:.2f}')} | "
-                         f"{report._cell(s['cumulative_violations'], '{:.1f} ± {:.1f}')} | {report._cell(a)} |")
+                         f"{report.cell(s, 'violation_rate')} | {report.cell(s, 'success_rate_last100', '{:.2f} ± {:.2f}')} | "
+                         f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
+                         f"{report.cell(s['critic_auroc'], 'onpolicy_start')} |")
     return "\n".join(lines) + ("\n\nMean ± standard error over seeds. Rates are shares of episodes. "
                                "Command: python3 paper.py --only rrl_check")
 

@@ -147,11 +147,10 @@ def _critic_values(metrics: list[dict], where: str) -> list[float]:
     return [v for v in values if v == v]
 
 
-def _stat(values) -> dict | None:
-    if len(values) == 0:
-        return None
-    mean, se = mean_se(values)
-    return {"mean": mean, "se": se, "n": len(values)}
+def _stat(out: dict, key: str, values) -> None:
+    """out[key] = the mean over seeds, out[key + "_se"] = its standard error (None without values)."""
+    mean, se = mean_se(values) if len(values) else (None, None)
+    out[key], out[f"{key}_se"] = mean, se
 
 
 CRITIC_PLACES = {"heldout_after_phase1": "after_phase1", "heldout_after_phase2": "after_phase2",
@@ -159,25 +158,29 @@ CRITIC_PLACES = {"heldout_after_phase1": "after_phase1", "heldout_after_phase2":
 
 
 def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> dict:
-    """One method's numbers over its seeds (summary.json): means with standard errors.
+    """One method's numbers over its seeds (summary.json): each a mean over seeds, with "_se".
 
     violation_rate: share of episodes with a violation; success_rate_last100: success rate over the
-    last 100 episodes (or all, if fewer); final_*: mean over the last 10% of episodes.
+    last 100 episodes (or all, if fewer); final_*: mean over the last 10% of episodes;
+    critic_auroc: Q_risk's AUROC held-out after Phases 1 and 2, and on the transitions Phase 3
+    visited, by the critic it started from and by the final one.
     """
-    last100 = [np.nanmean(r["success"][-100:]) for r in runs] if has_success else []
-    out = {"seeds": len(runs), "episodes": int(min(len(r["episode"]) for r in runs)),
-           "cumulative_violations": _stat([r["cumulative_violations"][-1] for r in runs]),
-           "violation_rate": _stat([np.mean(r["violation"]) for r in runs]),
-           "final_return": _stat([final_value(r["return"]) for r in runs]),
-           "final_success": _stat([final_value(r["success"]) for r in runs]) if has_success else None,
-           "success_rate_last100": _stat(last100),
-           "recovery_fraction": _stat([np.mean(r["recovery_fraction"]) for r in runs])}
-    out["critic_auroc"] = {name: _stat(_critic_values(metrics, where)) for name, where in CRITIC_PLACES.items()}
+    out = {"seeds": len(runs), "episodes": int(min(len(r["episode"]) for r in runs))}
+    _stat(out, "cumulative_violations", [r["cumulative_violations"][-1] for r in runs])
+    _stat(out, "violation_rate", [np.mean(r["violation"]) for r in runs])
+    _stat(out, "final_return", [final_value(r["return"]) for r in runs])
+    _stat(out, "final_success", [final_value(r["success"]) for r in runs] if has_success else [])
+    _stat(out, "success_rate_last100", [np.nanmean(r["success"][-100:]) for r in runs] if has_success else [])
+    _stat(out, "recovery_fraction", [np.mean(r["recovery_fraction"]) for r in runs])
+    out["critic_auroc"] = {}
+    for name, where in CRITIC_PLACES.items():
+        _stat(out["critic_auroc"], name, _critic_values(metrics, where))
     return out
 
 
-def _cell(stat: dict | None, fmt: str = "{:.3f} ± {:.3f}") -> str:
-    return "-" if stat is None else fmt.format(stat["mean"], stat["se"])
+def cell(summary: dict, key: str, fmt: str = "{:.3f} ± {:.3f}") -> str:
+    """summary[key] ± summary[key + "_se"] as text; "-" where there is no value."""
+    return "-" if summary.get(key) is None else fmt.format(summary[key], summary[f"{key}_se"])
 
 
 def load_runs(env_dir: str, methods, seeds) -> tuple[dict, dict]:
@@ -205,11 +208,11 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
     for method, s in summary.items():
         a = s["critic_auroc"]
         cells = [LABELS.get(method, method), str(s["seeds"]), str(s["episodes"]),
-                 _cell(s["cumulative_violations"], "{:.1f} ± {:.1f}"), _cell(s["violation_rate"], "{:.2f} ± {:.2f}"),
-                 *([_cell(s["final_success"], "{:.2f} ± {:.2f}")] if has_success else []),
-                 _cell(s["final_return"], "{:.1f} ± {:.1f}"),
-                 f"{_cell(a['heldout_after_phase1'])} / {_cell(a['heldout_after_phase2'])}",
-                 f"{_cell(a['onpolicy_start'])} / {_cell(a['onpolicy_final'])}"]
+                 cell(s, "cumulative_violations", "{:.1f} ± {:.1f}"), cell(s, "violation_rate", "{:.2f} ± {:.2f}"),
+                 *([cell(s, "final_success", "{:.2f} ± {:.2f}")] if has_success else []),
+                 cell(s, "final_return", "{:.1f} ± {:.1f}"),
+                 f"{cell(a, 'heldout_after_phase1')} / {cell(a, 'heldout_after_phase2')}",
+                 f"{cell(a, 'onpolicy_start')} / {cell(a, 'onpolicy_final')}"]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     notes = ("\n\nFinal values: mean over the last 10% of episodes. Violating episodes: share of "

@@ -159,3 +159,41 @@ def test_unconstrained_loop_never_filters_and_counts_violations(line_env):
     agent.explore = lambda obs, step: np.array([1.0], np.float32)  # drive straight into the wall
     episodes = list(learn_online(line_env, agent, None, n_episodes=2, seed=0))
     assert all(e["violation"] == 1 and e["recovery_fraction"] == 0 and e["length"] < 20 for e in episodes)
+
+
+@pytest.mark.parametrize("target_policy", ["task", "composite"])
+def test_phase3_bellman_target_uses_the_task_policy_unless_composite_is_chosen(line_env, target_policy):
+    """Filter always fires: the composite policy's next action is pi_rec's (~ -1), the task's is +0.7."""
+    set_seed(0)
+    agent = SAC(2, 1, [-1.0], [1.0], SACConfig(batch_size=8, hidden=(8,)))
+    agent.policy = lambda obs: torch.full((len(obs), 1), 0.7)
+    safety = filtering_safety(fires=True)
+    safety.cfg.target_policy = target_policy
+    seen = []
+    safety.update_critic = lambda batch, policy: seen.append(policy(batch["next_obs"]))
+    task_buffer, safety_buffer = ReplayBuffer(2, 1, 10), ReplayBuffer(2, 1, 10)
+    safety_buffer.add_arrays(random_dataset(8, 2, 1))
+    obs, _ = line_env.reset(seed=0)
+    phase3_step(line_env, obs, agent, safety, task_buffer, safety_buffer, env_step=0)
+    next_actions = seen[0].numpy()
+    if target_policy == "task":
+        assert np.allclose(next_actions, 0.7)
+    else:
+        assert np.all(next_actions < -0.9)
+
+
+def test_target_policy_default_is_task_and_nonsense_is_refused():
+    assert RecoveryConfig().target_policy == "task"
+    with pytest.raises(ValueError, match="target_policy must be one of task, composite"):
+        RecoveryConfig(target_policy="recovery")
+
+
+def test_visited_buffer_records_every_executed_transition(line_env):
+    set_seed(0)
+    agent = SAC(2, 1, [-1.0], [1.0], SACConfig(batch_size=8, hidden=(8,), start_steps=5))
+    visited = ReplayBuffer(2, 1, 1000)
+    episodes = list(learn_online(line_env, agent, filtering_safety(fires=True), n_episodes=2, seed=0,
+                                 offline=random_dataset(20, 2, 1), visited=visited))
+    assert len(visited) == episodes[-1]["env_steps"]
+    ends = visited.arrays()["terminals"] | visited.arrays()["timeouts"]
+    assert ends.sum() == 2 and ends[-1]

@@ -4,11 +4,16 @@ import itertools
 import json
 import os
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
+import datasets
 import report
 import run
+from recovery_rl import RecoveryConfig, Safety
 
 ENVS = ("navigation1", "cartpole")
 
@@ -165,6 +170,82 @@ def test_danger_labels_stay_within_rollouts():
 def test_paper_preset_is_the_paper():
     hp, episodes = run.preset_config("halfcheetah", "paper")
     assert (hp.meta.steps, hp.meta.tasks_per_step, hp.meta.inner_lr, hp.meta.outer_lr) == (15000, 5, 1e-3, 1e-5)
-    assert hp.sac.hidden == (256, 256) and hp.recovery.pos_fraction == 0.3 and episodes == run.PAPER_EPISODES["halfcheetah"]
-    hp, _ = run.preset_config("navigation2", "paper")
-    assert (hp.adapt.steps, hp.adapt.batch_size, hp.rrl.steps, hp.recovery.gamma_risk) == (100, 64, 2000, 0.65)
+    assert hp.sac.hidden == (256, 256) and hp.recovery.pos_fraction == 0.3 and episodes == 500
+    assert hp.sac.start_steps == 10000 and hp.rrl.steps == 10000
+    hp, episodes = run.preset_config("navigation2", "paper")
+    assert (hp.adapt.steps, hp.adapt.batch_size, hp.rrl.steps, hp.recovery.gamma_risk) == (100, 64, 10000, 0.65)
+    assert hp.sac.start_steps == 100 and episodes == 300 and hp.recovery.target_policy == "task"
+    hp, episodes = run.preset_config("maze", "paper")
+    assert (hp.recovery.gamma_risk, hp.recovery.eps_risk, hp.recovery.pos_fraction, episodes) == (0.5, 0.15, 0.3, 500)
+    hp, episodes = run.preset_config("ant", "paper")
+    assert (hp.rrl.steps, hp.recovery.eps_risk, episodes) == (15000, 0.3, 1000)
+    assert run.preset_config("cartpole", "paper")[1] == 400
+
+
+def test_composite_target_is_an_option_of_run(tmp_path, data_root):
+    parser = run.build_parser()
+    args = vars(parser.parse_args(["--recovery-target-policy", "composite"]))
+    assert args["recovery.target_policy"] == "composite"
+
+
+def linear_critic(weight_on_first_coordinate: float) -> Safety:
+    """A Safety whose Q_risk = sigmoid(w * obs[0]): monotonic in the first observation coordinate."""
+    safety = Safety(2, 1, [-1.0], [1.0], RecoveryConfig(gamma_risk=0.5, hidden=()))
+    with torch.no_grad():
+        for net in (safety.q_risk, safety.q_risk_targ):
+            net.net[0].weight.copy_(torch.tensor([[weight_on_first_coordinate, 0.0, 0.0]]))
+            net.net[0].bias.zero_()
+    return safety
+
+
+def constructed_visits(scores):
+    """Two episodes; episode 1 (rows 0-5) ends in a violation, episode 2 (rows 6-9) times out."""
+    n = len(scores)
+    obs = np.stack([scores, np.zeros(n)], 1).astype(np.float32)
+    costs = np.zeros(n, np.float32)
+    costs[5] = 1.0
+    terminals, timeouts = np.zeros(n, bool), np.zeros(n, bool)
+    terminals[5], timeouts[9] = True, True
+    return {"observations": obs, "actions": np.zeros((n, 1), np.float32), "rewards": np.zeros(n, np.float32),
+            "costs": costs, "next_observations": obs, "terminals": terminals, "timeouts": timeouts}
+
+
+def test_onpolicy_auroc_on_a_constructed_buffer():
+    """gamma_risk 0.5 -> horizon 2: rows 3, 4, 5 are dangerous. A score rising towards the violation
+    ranks them all first (AUROC 1); the critic Phase 3 started from is scored apart from the final one."""
+    start_state = copy.deepcopy(linear_critic(-1.0).state_dict())    # ranks danger last
+    safety = linear_critic(+1.0)                                         # ranks danger first
+    final = copy.deepcopy(safety.state_dict())
+    visits = constructed_visits(np.array([0, .1, .2, .6, .7, .8, .1, .2, .3, .4]))
+    policy = lambda obs: torch.zeros(len(obs), 1)                       # noqa: E731
+    scores = run.onpolicy_quality(safety, start_state, visits, policy)
+    assert scores["onpolicy_final"]["auroc"] == 1.0 and scores["onpolicy_start"]["auroc"] == 0.0
+    assert scores["onpolicy_final"]["positives"] == 3 and scores["onpolicy_final"]["label_horizon"] == 2.0
+    for name, value in safety.q_risk.state_dict().items():               # the final critic is back
+        assert torch.equal(value, final["q_risk"][name])
+
+
+def test_summary_json_has_every_field(sweep):
+    summary = json.loads((sweep / "navigation1" / "summary.json").read_text())
+    assert summary["env"] == "navigation1" and summary["preset"] == "smoke"
+    assert set(summary["methods"]) == set(run.METHODS)
+    for name, s in summary["methods"].items():
+        assert s["seeds"] == 1 and s["episodes"] == 2
+        for key in ("cumulative_violations", "violation_rate", "final_success", "final_return"):
+            assert s[key] is not None and f"{key}_se" in s
+        auroc = s["critic_auroc"]
+        keys = ("heldout_after_phase1", "heldout_after_phase2", "onpolicy_start", "onpolicy_final")
+        assert set(keys) <= set(auroc)
+        if name == "unconstrained":
+            assert all(auroc[k] is None for k in keys)
+        else:
+            assert auroc["heldout_after_phase2"] is not None
+    assert "oracle" in "rrl_oracle" and "rrl_oracle" in summary["methods"]
+
+
+def test_rrl_oracle_pretrains_on_its_own_test_environment_data(sweep, data_root):
+    metrics = json.loads((sweep / "navigation1" / "rrl_oracle" / "seed0" / "metrics.json").read_text())
+    config = json.loads((sweep / "navigation1" / "rrl_oracle" / "seed0" / "config.json").read_text())
+    assert config["method"] == "rrl_oracle" and "onpolicy_start" in metrics["critic"]
+    oracle = datasets.get_oracle("navigation1", "smoke", str(data_root))
+    assert len(oracle["rewards"]) == datasets.PRESET_SPECS["smoke"]["navigation1"].n_oracle
