@@ -75,7 +75,7 @@ def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str,
     hp = run.apply(hp, {k: v for k, v in changes.items() if "." in k})
     fields = {"test_variant": "default", "episodes": episodes, **{k: v for k, v in changes.items() if "." not in k}}
     return run.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
-                   data_root=data_root, progress=False, **fields)
+                   data_root=data_root, progress="lines", **fields)
 
 
 def prepare(env: str, preset: str, data_root: str, variant: str = "default") -> None:

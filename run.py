@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="hidden widths of every network (sets --sac-hidden and --recovery-hidden)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                        help="tqdm bars per phase (default: on; off with --workers > 1)")
+                        help="progress per phase: tqdm bars with one worker, a line every 30 s per job with "
+                             "several (default: on)")
     for group, (cls, title) in GROUPS.items():
         section, docs = parser.add_argument_group(f"{group}: {title}"), field_docs(cls)
         for f in dataclasses.fields(cls):
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  default=argparse.SUPPRESS, metavar={"tuple[int, ...]": "N"}.get(f.type, f.type.upper()),
                                  help=docs.get(f.name, ""), **kind)
     return parser
+
+
+def progress_mode(show: bool, workers: int) -> str:
+    return "none" if not show else "bars" if workers == 1 else "lines"
 
 
 def split_names(values: list[str], valid: tuple[str, ...], what: str, parser) -> list[str]:
@@ -200,7 +205,7 @@ class Job:
     out: str
     data_root: str
     test_variant: str
-    progress: bool
+    progress: str                # "bars" (tqdm), "lines" (periodic lines: parallel workers) or "none"
     test_fraction: float = 1.0   # share of D_test used (paper Figure 6)
     scale_inputs: bool = True    # standardise observations with D_test's statistics
     env_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {"goal_radius": 4.0}
@@ -258,9 +263,46 @@ def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
             "transitions": len(labels), "label_horizon": float(horizon)}
 
 
+class ProgressLines:
+    """Progress as periodic one-line reports (for parallel workers, where bars would interleave):
+    run, phase, count, speed and ETA every `every` seconds and when the phase ends."""
+
+    def __init__(self, label: str, total: int, every: float = 30.0):
+        self.label, self.total, self.every, self.count, self.postfix = label, total, every, 0, ""
+        self.t0 = self.last = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None and self.total:
+            self._print()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        if time.perf_counter() - self.last >= self.every:
+            self._print()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def _print(self) -> None:
+        self.last = time.perf_counter()
+        elapsed = self.last - self.t0
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.count) / rate if rate > 0 else float("nan")
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.label} {self.count}/{self.total}, {rate:.2f}/s, {elapsed / 60:.1f} min, "
+              f"ETA {eta / 60:.1f} min{extra}", file=sys.stderr, flush=True)
+
+
 def progress_bar(job: Job, phase: str, total: int):
-    return tqdm(total=total, desc=f"{job.env}/{job.method}/seed{job.seed} {phase}", leave=False,
-                disable=not job.progress or total == 0, mininterval=0.5, file=sys.stderr)
+    """A tqdm bar (one worker), periodic lines (several workers) or nothing (--no-progress)."""
+    label = f"{job.env}/{job.method}/seed{job.seed} {phase}"
+    if job.progress == "lines":
+        return ProgressLines(label, total)
+    return tqdm(total=total, desc=label, leave=False, disable=job.progress != "bars" or total == 0,
+                mininterval=0.5, file=sys.stderr)
 
 
 def offline_buffers(job: Job, train: list, test: dict) -> tuple[list[ReplayBuffer], ReplayBuffer]:
@@ -451,7 +493,7 @@ def main(argv=None) -> None:
         except ValueError as e:
             parser.error(str(e))
         jobs += [Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
-                     args.test_variant, args.progress and args.workers == 1, args.test_fraction,
+                     args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
                      args.scale_inputs) for m in methods for s in seeds]
     try:   # datasets before the workers start: no two processes ever generate the same file
         for env in env_names:
