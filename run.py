@@ -511,7 +511,8 @@ def main(argv=None) -> None:
     run_jobs(todo, args.workers, threads)
     for env in env_names:
         env_dir = os.path.join(args.out, env)
-        print(f"\n{report.summarise(env_dir, env, methods, seeds, envs.HAS_SUCCESS[env], args.preset)}")
+        # every method with finished runs of these seeds, not only this command's: nothing drops out
+        print(f"\n{report.summarise(env_dir, env, METHODS, seeds, envs.HAS_SUCCESS[env], args.preset)}")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
 
 

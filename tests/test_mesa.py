@@ -125,7 +125,7 @@ def test_paper_hyperparameters_follow_the_spec():
     assert "mesa" in METHODS
     hc, nav1, nav2, ant = (paper_hyperparameters(e) for e in ("halfcheetah", "navigation1", "navigation2", "ant"))
     assert (hc.meta.steps, hc.multitask.steps, hc.recovery.pos_fraction, hc.recovery.eps_risk) == (15000, 15000, 0.3, 0.1)
-    assert (nav1.recovery.eps_risk, nav1.adapt.steps, nav1.adapt.batch_size, nav1.rrl.steps) == (0.3, 100, 64, 2000)
+    assert (nav1.recovery.eps_risk, nav1.adapt.steps, nav1.adapt.batch_size, nav1.rrl.steps) == (0.3, 100, 64, 10000)
     assert (nav2.recovery.gamma_risk, nav2.recovery.eps_risk) == (0.65, 0.1)
     assert (ant.recovery.eps_risk, ant.meta.steps, ant.adapt.steps) == (0.3, 15000, 500)
     assert (hc.meta.inner_lr, hc.meta.outer_lr, hc.meta.tasks_per_step, hc.meta.second_order) == (1e-3, 1e-5, 5, True)
