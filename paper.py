@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 
 import matplotlib
 import numpy as np
@@ -101,9 +99,7 @@ def parallel(function, jobs: list, workers: int) -> list:
     """function(job) for every job in `workers` spawned single-thread processes, in order."""
     if workers <= 1:
         return [function(j) for j in jobs]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=run._init_worker, initargs=(1,)) as pool:
-        return list(pool.map(function, jobs))
+    return list(run.pool_map(function, jobs, workers, 1))
 
 
 # ----------------------------------------------------------------------------- Figure 2

@@ -35,10 +35,10 @@ import multiprocessing
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import gymnasium
 import mujoco
@@ -118,8 +118,15 @@ def apply(hp: Hyperparameters, changes: dict) -> Hyperparameters:
     return Hyperparameters(**{name: dataclasses.replace(cfg) for name, cfg in groups.items()})  # re-validates
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit status 2), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Run MESA, Multi-Task, RRL and Unconstrained SAC end to end (README, Running). "
                     "Every hyperparameter option left unset takes the preset's value.")
     parser.add_argument("--env", nargs="+", default=["navigation1"],
@@ -127,18 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: navigation1)")
     parser.add_argument("--methods", nargs="+", default=["all"], help=f"subset of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--seeds", nargs="+", default=["2"],
-                        help="one number N: seeds 0..N-1; several (or comma separated): those seeds (default: 2)")
+                        help="one number N: the N seeds 0..N-1; several (or comma separated): exactly "
+                             "those seeds (default: 2, i.e. seeds 0 and 1)")
+    parser.add_argument("--seed", type=int, default=None, help="one seed K (overrides --seeds)")
     parser.add_argument("--preset", choices=datasets.PRESETS, default="quick",
                         help="sizes: paper (SPEC), quick (2-core CPU, the default), smoke (seconds, tests)")
     parser.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     parser.add_argument("--data-root", default="data", help="dataset cache folder (default: %(default)s)")
     parser.add_argument("--test-variant", default="default", help='test task; "partial" for halfcheetah')
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="(method, seed) jobs run in parallel processes, torch threads = cores // "
-                             "workers each (default: the number of cores, %(default)s: small networks "
-                             "run faster on one thread per process than on several in one)")
+                        help="(method, seed) jobs run in parallel processes (default: the number of "
+                             "cores, %(default)s: small networks run faster on one thread per process "
+                             "than on several in one)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per job (default: cores // workers)")
+                        help="torch threads per job (default: 1, whatever the number of workers)")
     parser.add_argument("--episodes", type=int, default=None, help="Phase-3 episodes (default: the preset's)")
     parser.add_argument("--test-fraction", type=float, default=1.0,
                         help="use the first fraction of D_test, in (0, 1] (paper Figure 6; default 1)")
@@ -447,11 +456,15 @@ def finished(job: Job) -> bool:
 # ----------------------------------------------------------------------------- the sweep
 
 def _init_worker(threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle: no tracebacks
     torch.set_num_threads(threads)
 
 
 def run_jobs(jobs: list[Job], workers: int, threads: int) -> None:
-    """Run the jobs one after another, or in `workers` spawned processes; print a line per run."""
+    """Run the jobs one after another, or in `workers` spawned processes; print a line per run.
+
+    Ctrl-C stops the workers at once (KeyboardInterrupt reaches the caller); finished runs stay.
+    """
     def line(r):
         j = r["job"]
         score = f"success {r['success']:.2f}" if envs.HAS_SUCCESS[j.env] else f"last return {r['return']:.1f}"
@@ -461,10 +474,20 @@ def run_jobs(jobs: list[Job], workers: int, threads: int) -> None:
         for job in jobs:
             line(run_one(job))
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        for future in as_completed([pool.submit(run_one, job) for job in jobs]):
-            line(future.result())
+    for result in pool_map(run_one, jobs, workers, threads, ordered=False):
+        line(result)
+
+
+def pool_map(function, items: list, workers: int, threads: int, ordered: bool = True):
+    """function(item) for every item in `workers` spawned processes of `threads` torch threads each,
+    yielded in order (or as they finish). Ctrl-C terminates the workers at once."""
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (threads,), maxtasksperchild=1)
+    try:
+        yield from (pool.imap if ordered else pool.imap_unordered)(function, items)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def main(argv=None) -> None:
@@ -472,7 +495,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     env_names = split_names(args.env, envs.ENV_NAMES, "environment", parser)
     methods = split_names(args.methods, METHODS, "method", parser)
-    seeds = parse_seeds(args.seeds, parser)
+    seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds, parser)
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--workers and --threads must be >= 1")
     if args.episodes is not None and args.episodes < 1:
@@ -482,7 +507,7 @@ def main(argv=None) -> None:
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if "." in k}
     if args.hidden is not None:
         overrides = {"sac.hidden": tuple(args.hidden), "recovery.hidden": tuple(args.hidden), **overrides}
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or 1
     torch.set_num_threads(threads)
 
     jobs = []
@@ -508,7 +533,11 @@ def main(argv=None) -> None:
     for job in jobs:
         if job not in todo:
             print(f"skipped {job.env}/{job.method}/seed{job.seed}: finished ({job.folder}/episodes.csv)")
-    run_jobs(todo, args.workers, threads)
+    try:
+        run_jobs(todo, args.workers, threads)
+    except KeyboardInterrupt:
+        parser.exit(130, f"interrupted: finished runs are kept under {args.out}/; run the same command "
+                         "again to resume (finished runs are skipped, cached Phases 1-2 reused)\n")
     for env in env_names:
         env_dir = os.path.join(args.out, env)
         # every method with finished runs of these seeds, not only this command's: nothing drops out

@@ -251,3 +251,36 @@ def test_rrl_oracle_pretrains_on_its_own_test_environment_data(sweep, data_root)
     assert config["method"] == "rrl_oracle" and "onpolicy_start" in metrics["critic"]
     oracle = datasets.get_oracle("navigation1", "smoke", str(data_root))
     assert len(oracle["rewards"]) == datasets.PRESET_SPECS["smoke"]["navigation1"].n_oracle
+
+
+def test_one_torch_thread_per_job_by_default(tmp_path, data_root):
+    run.main(["--preset", "smoke", "--seed", "3", "--workers", "1", "--no-progress", "--env", "navigation1",
+              "--methods", "unconstrained", "--out", str(tmp_path), "--data-root", str(data_root)])
+    config = json.loads((tmp_path / "navigation1" / "unconstrained" / "seed3" / "config.json").read_text())
+    assert config["torch_threads"] == 1 and config["seed"] == 3
+    assert not (tmp_path / "navigation1" / "unconstrained" / "seed0").exists()
+
+
+def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path, data_root):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does) during a 2-worker sweep."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    argv = [sys.executable, "run.py", "--preset", "smoke", "--seeds", "2", "--workers", "2", "--env",
+            "navigation1", "--out", str(tmp_path), "--data-root", str(data_root)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(tmp_path.glob("navigation1/*/seed*/episodes.csv")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    err_lines = [line for line in err.splitlines() if not line.startswith("navigation1/")]  # progress lines
+    assert len(err_lines) <= 2 and "interrupted" in err and "Traceback" not in err
+    finished = len(list(tmp_path.glob("navigation1/*/seed*/episodes.csv")))
+    assert 1 <= finished < 2 * len(run.METHODS)
+    rerun = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and rerun.stdout.count("skipped navigation1/") == finished
