@@ -89,3 +89,32 @@ def test_corrupt_dataset_ends_paper_py_with_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "test_default.npz" in err and "Traceback" not in err
+
+
+def test_rrl_check_is_recovery_rls_setting(tmp_path):
+    """SPEC section 10: RRL with 20K / 10K test-environment transitions and Unconstrained SAC, the
+    Recovery RL scripts' gamma_risk / eps_risk / pos_fraction, episodes ending within 4 of the goal."""
+    jobs = paper.rrl_check_jobs(str(tmp_path), "quick", "data")
+    assert {j.preset for j in jobs} == {"paper"} and {j.method for j in jobs} == {"rrl_oracle", "unconstrained"}
+    by_env = {j.env: j for j in jobs if j.method == "rrl_oracle" and j.seed == 0}
+    expected = {"navigation1": (0.8, 0.3, 0.0, 400), "navigation2": (0.65, 0.2, 0.0, 400), "maze": (0.5, 0.15, 0.3, 500)}
+    for env, (gamma, eps, pos, episodes) in expected.items():
+        r = by_env[env].hp.recovery
+        assert (r.gamma_risk, r.eps_risk, r.pos_fraction, by_env[env].episodes) == (gamma, eps, pos, episodes)
+        assert by_env[env].hp.sac.start_steps == 100 and r.target_policy == "task"
+    assert by_env["navigation1"].env_kwargs == {"goal_radius": 4.0} and by_env["maze"].env_kwargs == {}
+    assert by_env["navigation2"].oracle_variant == "rrl" and by_env["navigation1"].oracle_variant == "mesa"
+    oracle_sizes = {env: datasets.PRESET_SPECS["paper"][env].n_oracle for env in expected}
+    assert oracle_sizes == {"navigation1": 20_000, "navigation2": 20_000, "maze": 10_000}
+    assert len({j.seed for j in jobs}) >= 3
+
+
+def test_rrl_check_writes_summary_json_shaped_for_readers(tmp_path):
+    table = paper.rrl_check(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
+    summary = json.load(open(tmp_path / "rrl_check" / "summary.json"))
+    assert set(summary) == {"navigation1", "navigation2", "maze"} and "| Navigation 1 | RRL |" in table
+    for env, methods in summary.items():
+        assert set(methods) == {"rrl", "unconstrained"}
+        for s in methods.values():
+            assert s["seeds"] == paper.RRL_CHECK_SEEDS and s["episodes"] == 2
+            assert 0 <= s["violation_rate"] <= 1 and 0 <= s["success_rate_last100"] <= 1
