@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="one seed K (overrides --seeds)")
     parser.add_argument("--preset", choices=datasets.PRESETS, default="quick",
                         help="sizes: paper (SPEC), quick (2-core CPU, the default), smoke (seconds, tests)")
-    parser.add_argument("--out", default="results", help="results folder (default: %(default)s)")
+    parser.add_argument("--out", default="runs", help="output folder (default: %(default)s, git-ignored; only "
+                                                      "paper.py writes results/)")
     parser.add_argument("--data-root", default="data", help="dataset cache folder (default: %(default)s)")
     parser.add_argument("--test-variant", default="default", help='test task; "partial" for halfcheetah')
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
