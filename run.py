@@ -405,6 +405,9 @@ def run_one(job: Job) -> dict:
     info["timings"]["phase3"] = time.perf_counter() - t0
     if safety is not None:
         info["critic"].update(onpolicy_quality(safety, start_state, visited.arrays(), agent.policy))
+    save_checkpoint({"key": job.key(), "sac": agent.state_dict(),
+                     "safety": safety.state_dict() if safety is not None else None},
+                    os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)
     info["timings"]["total"] = time.perf_counter() - t_start
     write_run(job, info, rows)
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],

@@ -55,6 +55,9 @@ def test_smoke_sweep_writes_every_file(sweep):
             assert {"torch", "numpy", "gymnasium", "mujoco", "python", "git_commit"} <= set(config["versions"])
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["timings"]["phase3"] > 0
+            final = torch.load(folder / "final.pt", weights_only=True)       # the trained agent
+            assert final["key"] == config["run_key"] and "actor" in final["sac"]
+            assert (final["safety"] is None) == (method == "unconstrained")
             if method == "unconstrained":
                 assert not (folder / "phase2.pt").exists() and metrics["critic"] == {}
             else:
