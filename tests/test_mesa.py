@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import random_dataset
-from mesa import (METHODS, FitConfig, Hyperparameters, MetaConfig, adapted_params, meta_loss, meta_step,
-                  paper_hyperparameters, phase1, phase2, risk_loss)
+from mesa import (METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig, adapted_params, meta_loss,
+                  meta_step, paper_hyperparameters, phase1, phase2, risk_loss)
 from recovery_rl import RecoveryConfig, Safety, SafetyCritic
 from sac import SAC, ReplayBuffer, set_seed
 
@@ -86,7 +86,7 @@ def make_setup(seed=0):
     agent = SAC(3, 2, -np.ones(2), np.ones(2))
     safety = Safety(3, 2, -np.ones(2), np.ones(2), RecoveryConfig(hidden=(16, 16)))
     hp = Hyperparameters(meta=MetaConfig(steps=3, tasks_per_step=2, batch_size=16),
-                         multitask=FitConfig(steps=3, batch_size=16), rrl=FitConfig(steps=3, batch_size=16),
+                         multitask=MultiTaskConfig(steps=3, batch_size=16), rrl=FitConfig(steps=3, batch_size=16),
                          adapt=FitConfig(steps=3, batch_size=16))
     return train, test, agent, safety, hp
 
