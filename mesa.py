@@ -12,13 +12,13 @@ Phase 1 for each method of SPEC section 5:
 Phase 2 (MESA, Multi-Task): M Adam steps on L_risk and L_pi_rec over D_test.
 Phase 3 is `recovery_rl.learn_online`.
 
-Bellman targets are computed once per batch under torch.no_grad() with the target network, before
-the inner step: they are data for MAML, not functions of psi. The meta-loss is a sum over the K
+Bellman targets are computed once per batch under torch.no_grad() with the target network (or psi,
+below), before the inner step: they are data for MAML, not functions of psi. The meta-loss is a sum over the K
 tasks, as in Algorithm 1 (a mean would scale alpha2 by 1/K).
 
 The authors' variant (docs/mesa_variants.md; `run.py --mesa-variant authors` switches all on).
-The authors' code (run_multitask.py) differs from the paper in five ways, each a MetaConfig field,
-plus one for Multi-Task; the defaults are the paper's:
+The authors' code (run_multitask.py, main.py) differs from the paper in six ways, each a config
+field whose default is the paper's:
 - learn_inner_lr: Meta-SGD. Each parameter tensor k of Q_risk gets its own inner rate
   softplus(rho_k), starting at alpha1: psi'_k = psi_k - softplus(rho_k) grad_k L_risk(psi; B_in).
   The outer step trains rho with its own Adam (inner_lr_lr), through the same inner step. Phase 2
