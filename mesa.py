@@ -12,24 +12,41 @@ Phase 1 for each method of SPEC section 5:
 Phase 2 (MESA, Multi-Task): M Adam steps on L_risk and L_pi_rec over D_test.
 Phase 3 is `recovery_rl.learn_online`.
 
-Bellman targets are computed once per batch under torch.no_grad() with the target network, before
-the inner step: they are data for MAML, not functions of psi. The meta-loss is a sum over the K
+Bellman targets are computed once per batch under torch.no_grad() with the target network (or psi,
+below), before the inner step: they are data for MAML, not functions of psi. The meta-loss is a sum over the K
 tasks, as in Algorithm 1 (a mean would scale alpha2 by 1/K).
+
+The authors' variant (docs/mesa_variants.md; `run.py --mesa-variant authors` switches all on).
+The authors' code (run_multitask.py, main.py) differs from the paper in six ways, each a config
+field whose default is the paper's:
+- learn_inner_lr: Meta-SGD. Each parameter tensor k of Q_risk gets its own inner rate
+  softplus(rho_k), starting at alpha1: psi'_k = psi_k - softplus(rho_k) grad_k L_risk(psi; B_in).
+  The outer step trains rho with its own Adam (inner_lr_lr), through the same inner step. Phase 2
+  stays Adam at alpha1, as in their code; the learned rates serve Phase 1 only.
+- outer_grad_clip: psi's outer gradient clipped to this norm (theirs: 40); rho's is not clipped.
+- pi_rec_lr: pi_rec's Phase-1 Adam lr (theirs: 1e-4, ours alpha1).
+- target = "current": the meta-batches' Bellman targets come from psi itself, not from the Polyak
+  target network; the target network then follows psi, so Phase 2 starts from a copy of it.
+- (RecoveryConfig) hidden = (100, 100, 100): their critic and pi_rec are 3 x 100.
+- (MultiTaskConfig) phase2_with_train: Multi-Task's Phase 2 on the training data plus D_test.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from recovery_rl import Policy, RecoveryConfig, Safety, safety_critic_loss
 from sac import ReplayBuffer, SACConfig, polyak_update, require
 
 METHODS = ("unconstrained", "rrl", "multitask", "mesa", "rrl_oracle")
+MAML_TARGETS = ("lagged", "current")
 Callback = Callable[[int, dict], None]  # (step, metrics) after every optimisation step
 
 
@@ -37,7 +54,8 @@ Callback = Callable[[int, dict], None]  # (step, metrics) after every optimisati
 
 @dataclass
 class MetaConfig:
-    """MESA Phase 1 (paper Table 1)."""
+    """MESA Phase 1 (paper Table 1). The last five fields are the authors' variant, one switch
+    each (module docstring); their defaults are the paper's."""
     steps: int = 10000           # T meta-iterations (15000 for HalfCheetah and Ant)
     tasks_per_step: int = 5      # K training tasks per meta-step
     batch_size: int = 256        # size of each inner batch B_in and outer batch B_out
@@ -45,6 +63,11 @@ class MetaConfig:
     outer_lr: float = 1e-5       # alpha2: outer Adam step
     inner_steps: int = 1         # inner gradient steps per task
     second_order: bool = True    # differentiate through the inner step (False: first-order MAML)
+    learn_inner_lr: bool = False  # learn one inner rate softplus(rho) per parameter tensor, from alpha1 (Meta-SGD) [authors]
+    inner_lr_lr: float = 1e-3    # Adam lr of the learned inner rates' rho [authors: 1e-3]
+    outer_grad_clip: float = 0.0  # clip the outer gradient of Q_risk to this norm; 0: no clip [authors: 40]
+    pi_rec_lr: float = 0.0       # Adam lr of pi_rec in Phase 1; 0: alpha1 [authors: 1e-4]
+    target: str = "lagged"       # MAML Bellman targets from the "lagged" Polyak target network or the "current" psi [authors]
 
     def __post_init__(self):
         require(self.steps >= 0, f"meta steps must be >= 0, got {self.steps}")
@@ -52,14 +75,19 @@ class MetaConfig:
         require(self.batch_size >= 1, f"meta batch size must be >= 1, got {self.batch_size}")
         require(self.inner_lr >= 0 and self.outer_lr > 0, f"MESA learning rates must be positive, got {self.inner_lr}, {self.outer_lr}")
         require(self.inner_steps >= 1, f"inner steps must be >= 1, got {self.inner_steps}")
+        require(self.target in MAML_TARGETS, f"meta target must be one of {', '.join(MAML_TARGETS)}, got {self.target!r}")
+        require(self.inner_lr_lr > 0, f"the inner rates' lr must be positive, got {self.inner_lr_lr}")
+        require(self.outer_grad_clip >= 0 and self.pi_rec_lr >= 0,
+                f"outer gradient clip and pi_rec lr must be >= 0, got {self.outer_grad_clip}, {self.pi_rec_lr}")
+        require(self.inner_lr > 0 or not self.learn_inner_lr, "learned inner rates start at inner_lr, which must be > 0")
 
 
 @dataclass
 class FitConfig:
     """Plain Adam training of Q_risk and pi_rec on one buffer (RRL, Multi-Task, Phase 2)."""
-    steps: int = 10000
-    lr: float = 3e-4
-    batch_size: int = 256
+    steps: int = 10000           # Adam steps
+    lr: float = 3e-4             # Adam learning rate
+    batch_size: int = 256        # transitions per step
 
     def __post_init__(self):
         require(self.steps >= 0, f"training steps must be >= 0, got {self.steps}")
@@ -68,12 +96,18 @@ class FitConfig:
 
 
 @dataclass
+class MultiTaskConfig(FitConfig):
+    """Multi-Task's Phase 1 (Adam on the pooled training datasets, eta), and its Phase-2 data."""
+    phase2_with_train: bool = False  # Phase 2 on the training datasets plus D_test, not D_test alone [authors' main.py]
+
+
+@dataclass
 class Hyperparameters:
     """Everything a run of one method needs, with the paper's defaults (SPEC section 6)."""
     sac: SACConfig = field(default_factory=SACConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
-    multitask: FitConfig = field(default_factory=FitConfig)                     # Phase 1, eta = 3e-4
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)         # Phase 1, eta = 3e-4
     rrl: FitConfig = field(default_factory=FitConfig)                           # Phase 1 on D_test
     adapt: FitConfig = field(default_factory=lambda: FitConfig(steps=500))     # Phase 2 (lr set per method)
 
@@ -115,69 +149,107 @@ def risk_loss(q_risk: torch.nn.Module, params: dict[str, torch.Tensor], batch: d
     return safety_critic_loss(prediction, targets)
 
 
-def inner_step(q_risk, params: dict, batch: dict, targets: torch.Tensor, inner_lr: float,
+def inner_step(q_risk, params: dict, batch: dict, targets: torch.Tensor, inner_lr: float | dict[str, torch.Tensor],
                second_order: bool) -> dict[str, torch.Tensor]:
     """psi' = psi - alpha1 grad_psi L_risk(psi; B_in) (Algorithm 1, inner update).
 
+    inner_lr: alpha1, or one rate per parameter tensor, {name: softplus(rho_k)} (learned rates,
+    Meta-SGD): psi'_k = psi_k - softplus(rho_k) grad_k. The rates keep their graph, so the
+    meta-gradient reaches rho (first order too: there only grad L is a constant).
     With second_order the gradient keeps its graph, so the meta-gradient flows through it;
     without, grad L is a constant and the meta-gradient is the first-order approximation.
     """
     loss = risk_loss(q_risk, params, batch, targets)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=second_order)
-    return {name: p - inner_lr * g for (name, p), g in zip(params.items(), grads)}
+    rates = inner_lr if isinstance(inner_lr, dict) else dict.fromkeys(params, inner_lr)
+    return {name: p - rates[name] * g for (name, p), g in zip(params.items(), grads)}
 
 
-def adapted_params(q_risk, params: dict, batch: dict, targets: torch.Tensor, cfg: MetaConfig) -> dict:
-    """psi'_j after cfg.inner_steps inner steps on the same inner batch."""
+def adapted_params(q_risk, params: dict, batch: dict, targets: torch.Tensor, cfg: MetaConfig,
+                   rates: dict[str, torch.Tensor] | None = None) -> dict:
+    """psi'_j after cfg.inner_steps inner steps on the same inner batch, at alpha1 or at `rates`."""
     for _ in range(cfg.inner_steps):
-        params = inner_step(q_risk, params, batch, targets, cfg.inner_lr, cfg.second_order)
+        params = inner_step(q_risk, params, batch, targets, cfg.inner_lr if rates is None else rates, cfg.second_order)
     return params
 
 
-def meta_loss(q_risk, tasks: list[tuple[dict, torch.Tensor, dict, torch.Tensor]], cfg: MetaConfig) -> torch.Tensor:
+def initial_inner_rates(q_risk, inner_lr: float) -> dict[str, torch.nn.Parameter]:
+    """rho_k per parameter tensor k of Q_risk with softplus(rho_k) = alpha1 (learned inner rates)."""
+    rho = math.log(math.expm1(inner_lr))  # softplus^-1
+    return {name: torch.nn.Parameter(torch.full((), rho, dtype=p.dtype)) for name, p in q_risk.named_parameters()}
+
+
+def meta_loss(q_risk, tasks: list[tuple[dict, torch.Tensor, dict, torch.Tensor]], cfg: MetaConfig,
+              rho: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """sum_j L_risk(psi'_j; B_out_j) over the K sampled tasks (Algorithm 1, meta-objective).
 
     tasks: per task (B_in, y_in, B_out, y_out), the two batches drawn from the same D_train_j.
+    rho: learned inner rates softplus(rho_k) per tensor instead of alpha1 (None: alpha1).
     """
     params = dict(q_risk.named_parameters())
-    return sum(risk_loss(q_risk, adapted_params(q_risk, params, b_in, y_in, cfg), b_out, y_out)
+    rates = None if rho is None else {name: F.softplus(r) for name, r in rho.items()}
+    return sum(risk_loss(q_risk, adapted_params(q_risk, params, b_in, y_in, cfg, rates), b_out, y_out)
                for b_in, y_in, b_out, y_out in tasks)
 
 
 def sample_meta_batch(safety: Safety, buffers: list[ReplayBuffer], policy: Policy, cfg: MetaConfig,
                       rng: np.random.Generator) -> list[tuple]:
-    """K tasks (without replacement when K <= N), each with an inner and an outer batch and targets."""
+    """K tasks (without replacement when K <= N), each with an inner and an outer batch and targets.
+
+    The targets evaluate Q_risk(s', a') with the target network, or with psi itself (target "current").
+    """
     chosen = rng.choice(len(buffers), cfg.tasks_per_step, replace=cfg.tasks_per_step > len(buffers))
+    network = safety.q_risk if cfg.target == "current" else safety.q_risk_targ
     tasks = []
     for j in chosen:
         b_in, b_out = safety.sample(buffers[j], cfg.batch_size), safety.sample(buffers[j], cfg.batch_size)
-        tasks.append((b_in, safety.targets(b_in, policy), b_out, safety.targets(b_out, policy)))
+        tasks.append((b_in, safety.targets(b_in, policy, network), b_out, safety.targets(b_out, policy, network)))
     return tasks
 
 
 def meta_step(safety: Safety, buffers: list[ReplayBuffer], policy: Policy, cfg: MetaConfig,
-              optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> float:
-    """One outer update: psi <- Adam(psi, grad_psi meta-loss), then Polyak-average the target."""
-    loss = meta_loss(safety.q_risk, sample_meta_batch(safety, buffers, policy, cfg, rng), cfg)
+              optimizer: torch.optim.Optimizer, rng: np.random.Generator,
+              rho: dict[str, torch.Tensor] | None = None) -> float:
+    """One outer update: psi (and rho, if learned) <- Adam(grad meta-loss), then the target network.
+
+    outer_grad_clip bounds the norm of psi's gradient only, as the authors' code does.
+    """
+    loss = meta_loss(safety.q_risk, sample_meta_batch(safety, buffers, policy, cfg, rng), cfg, rho)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if cfg.outer_grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(safety.q_risk.parameters(), cfg.outer_grad_clip)
     optimizer.step()
-    polyak_update(safety.q_risk_targ, safety.q_risk, safety.cfg.tau_risk)
+    if cfg.target == "lagged":
+        polyak_update(safety.q_risk_targ, safety.q_risk, safety.cfg.tau_risk)
+    else:   # the target network follows psi: Phase 2 starts from a copy of it, as the authors' does
+        safety.q_risk_targ.load_state_dict(safety.q_risk.state_dict())
     return loss.item()
 
 
 # ----------------------------------------------------------------------------- the phases
 
 def meta_learn(safety: Safety, train: list[ReplayBuffer], test: ReplayBuffer, policy: Policy,
-               cfg: MetaConfig, seed: int = 0, callback: Callback | None = None) -> None:
-    """MESA Phase 1: T meta-steps over the training buffers, each with a pi_rec step on D_test."""
+               cfg: MetaConfig, seed: int = 0, callback: Callback | None = None) -> dict[str, float] | None:
+    """MESA Phase 1: T meta-steps over the training buffers, each with a pi_rec step on D_test.
+
+    With cfg.learn_inner_lr, rho gets its own Adam lr (a second parameter group: Adam acts per
+    element, so this is the authors' separate optimizer). Returns the learned rates {name: rate}.
+    """
     optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=cfg.outer_lr)
+    rho = initial_inner_rates(safety.q_risk, cfg.inner_lr) if cfg.learn_inner_lr else None
+    if rho is not None:
+        optimizer.add_param_group({"params": list(rho.values()), "lr": cfg.inner_lr_lr})
     rng = np.random.default_rng(seed)
     for step in range(cfg.steps):
-        loss = meta_step(safety, train, policy, cfg, optimizer, rng)
+        loss = meta_step(safety, train, policy, cfg, optimizer, rng, rho)
         rec_loss = safety.update_recovery(safety.sample(test)["obs"])
         if callback:
-            callback(step, {"losses/meta_loss": loss, "losses/pi_rec_loss": rec_loss})
+            metrics = {"losses/meta_loss": loss, "losses/pi_rec_loss": rec_loss}
+            if rho is not None:
+                metrics["charts/inner_lr_mean"] = float(np.mean([F.softplus(r).item() for r in rho.values()]))
+            callback(step, metrics)
+    return None if rho is None else {name: F.softplus(r).item() for name, r in rho.items()}
 
 
 def fit(safety: Safety, buffer: ReplayBuffer, policy: Policy, cfg: FitConfig,
@@ -207,8 +279,8 @@ def phase1(method: str, safety: Safety, train: list[ReplayBuffer], test: ReplayB
 
     test: the method's test-environment data, D_test (for RRL-oracle: its 10-20K transitions).
     """
-    if method == "mesa":
-        safety.set_lr(hp.meta.inner_lr)  # pi_rec's Phase-1 steps use MESA's Phase-2 lr
+    if method == "mesa":   # pi_rec's Phase-1 lr: pi_rec_lr, or alpha1 (MESA's Phase-2 lr) when 0
+        safety.set_lr(hp.meta.pi_rec_lr or hp.meta.inner_lr)   # (Q_risk's optimizer waits for Phase 2)
         meta_learn(safety, train, test, policy, hp.meta, seed, callback)
     elif method == "multitask":
         fit(safety, pooled(train), policy, hp.multitask, callback)
@@ -219,10 +291,17 @@ def phase1(method: str, safety: Safety, train: list[ReplayBuffer], test: ReplayB
 
 
 def phase2(method: str, safety: Safety, test: ReplayBuffer, policy: Policy, hp: Hyperparameters,
-           callback: Callback | None = None) -> None:
-    """Adaptation on D_test for MESA and Multi-Task; the RRLs and Unconstrained have no Phase 2."""
+           callback: Callback | None = None, train: list[ReplayBuffer] = ()) -> None:
+    """Adaptation on D_test for MESA and Multi-Task; the RRLs and Unconstrained have no Phase 2.
+
+    With hp.multitask.phase2_with_train, Multi-Task adapts on the training buffers plus D_test.
+    """
     if method == "unconstrained":
         return
     if method in ("mesa", "multitask"):
-        fit(safety, test, policy, dataclasses.replace(hp.adapt, lr=hp.phase2_lr(method)), callback)
+        data = test
+        if method == "multitask" and hp.multitask.phase2_with_train:
+            require(len(train) > 0, "Multi-Task's Phase 2 with training data needs the training buffers")
+            data = pooled([*train, test])
+        fit(safety, data, policy, dataclasses.replace(hp.adapt, lr=hp.phase2_lr(method)), callback)
     safety.set_lr(hp.phase2_lr(method))  # Phase 3 continues at the Phase-2 lr

@@ -139,10 +139,11 @@ class Safety:
     def sample(self, buffer: ReplayBuffer, batch_size: int | None = None) -> dict[str, torch.Tensor]:
         return sample_class_balanced(buffer, batch_size or self.cfg.batch_size, self.cfg.pos_fraction)
 
-    def targets(self, batch: dict[str, torch.Tensor], policy: Policy) -> torch.Tensor:
-        """Bellman targets y for a batch, evaluated with the target network (no gradients)."""
+    def targets(self, batch: dict[str, torch.Tensor], policy: Policy, network: nn.Module | None = None) -> torch.Tensor:
+        """Bellman targets y for a batch, evaluated with the target network or `network` (no gradients)."""
         with torch.no_grad():
-            next_q = self.q_risk_targ(batch["next_obs"], policy(batch["next_obs"]))
+            net = self.q_risk_targ if network is None else network
+            next_q = net(batch["next_obs"], policy(batch["next_obs"]))
             return safety_bellman_target(batch["cost"], next_q, self.cfg.gamma_risk)
 
     def update_critic(self, batch: dict[str, torch.Tensor], policy: Policy) -> float:

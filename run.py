@@ -21,7 +21,8 @@ last and marks a finished run; a rerun with the same configuration skips it.
 Presets: `paper` is the paper's and the authors' settings (SPEC sections 6 and 8; Phase-3 episodes
 from the authors' command lines); `quick` keeps them but with 2 x 128 networks, batches of 128 and
 fewer Phase-3 episodes on Cartpole and the runners (README, "Running"); `smoke` runs every phase in
-seconds, for tests.
+seconds, for tests. `--mesa-variant authors` runs MESA as its authors' code did, on top of any preset
+(docs/mesa_variants.md).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ import datasets
 import envs
 import mesa
 import report
-from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig
+from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig
 from recovery_rl import RecoveryConfig, Safety, learn_online, safety_critic_loss
 from sac import SAC, ReplayBuffer, SACConfig, atomic_write, save_checkpoint, set_seed
 
@@ -77,6 +78,18 @@ SMOKE = {"sac.hidden": (16, 16), "recovery.hidden": (16, 16), "sac.batch_size": 
          "rrl.batch_size": 16, "adapt.batch_size": 16, "sac.start_steps": 20, "meta.steps": 3,
          "meta.tasks_per_step": 2, "multitask.steps": 3, "rrl.steps": 3, "adapt.steps": 3}
 
+# --mesa-variant: "paper" (the default) or "authors", MESA as its authors' code ran it
+# (docs/mesa_variants.md): five changes to MESA, among them its 3 x 100 networks (MESA's alone, as
+# in that code), and Multi-Task's Phase 2 on training + test data where their main.py does that.
+MESA_VARIANTS = ("paper", "authors")
+AUTHORS_MESA = {"meta.learn_inner_lr": True, "meta.outer_grad_clip": 40.0, "meta.pi_rec_lr": 1e-4,
+                "meta.target": "current", "recovery.hidden": (100, 100, 100)}
+AUTHORS_MULTITASK_ENVS = ("cartpole", "halfcheetah", "ant")
+# Fields added after runs were made: left out of the run key at their defaults, so older run keys
+# (finished runs, cached Phases 1-2) stay valid.
+LATER_FIELDS = {"meta": ("learn_inner_lr", "inner_lr_lr", "outer_grad_clip", "pi_rec_lr", "target"),
+                "multitask": ("phase2_with_train",)}
+
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -84,20 +97,19 @@ GROUPS = {  # Hyperparameters field -> (dataclass, what it configures)
     "sac": (SACConfig, "SAC task policy (Phase 3)"),
     "recovery": (RecoveryConfig, "safety critic Q_risk and recovery policy pi_rec"),
     "meta": (MetaConfig, "MESA Phase 1 (MAML over the training datasets)"),
-    "multitask": (FitConfig, "Multi-Task Phase 1 (Adam on the pooled training datasets); its lr is "
-                             "also Multi-Task's Phase-2/3 lr of Q_risk and pi_rec"),
+    "multitask": (MultiTaskConfig, "Multi-Task Phase 1 (Adam on the pooled training datasets) and its "
+                                   "Phase-2 data; its lr is also Multi-Task's Phase-2/3 lr of Q_risk and pi_rec"),
     "rrl": (FitConfig, "RRL Phase 1 (Adam on D_test); its lr is also RRL's Phase-3 lr"),
     "adapt": (FitConfig, "Phase 2 adaptation on D_test (MESA, Multi-Task); lr: --meta-inner-lr / "
                          "--multitask-lr"),
 }
 SKIPPED = {"recovery.lr", "adapt.lr"}   # never used: each method sets its own lr (mesa.phase2_lr)
-FIT_DOCS = {"steps": "Adam steps", "lr": "Adam learning rate", "batch_size": "transitions per step"}
 
 
 def field_docs(cls) -> dict[str, str]:
-    """The one-line comment after each field of a config dataclass (its documentation)."""
+    """The one-line comment after each field of a config dataclass and its bases (its documentation)."""
     pattern = re.compile(r"^\s+(\w+):[^#\n]*#\s*(.+)$", re.M)
-    return dict(pattern.findall(inspect.getsource(cls))) or FIT_DOCS
+    return {name: doc for c in reversed(cls.__mro__[:-1]) for name, doc in pattern.findall(inspect.getsource(c))}
 
 
 def preset_config(env: str, preset: str) -> tuple[Hyperparameters, int]:
@@ -107,6 +119,22 @@ def preset_config(env: str, preset: str) -> tuple[Hyperparameters, int]:
         return hp, PAPER_EPISODES[env]
     changes = SMOKE if preset == "smoke" else QUICK_MUJOCO if env in MUJOCO else QUICK
     return apply(hp, changes), 2 if preset == "smoke" else QUICK_EPISODES[env]
+
+
+def variant_changes(variant: str, env: str, method: str) -> dict:
+    """The {"group.field": value} changes of a MESA variant for one (env, method)."""
+    if variant == "authors" and method == "mesa":
+        return AUTHORS_MESA
+    if variant == "authors" and method == "multitask" and env in AUTHORS_MULTITASK_ENVS:
+        return {"multitask.phase2_with_train": True}
+    return {}
+
+
+def job_config(env: str, method: str, preset: str, variant: str, overrides: dict) -> tuple[Hyperparameters, int]:
+    """(hyperparameters, Phase-3 episodes) of one (env, method): the preset's, then the MESA
+    variant's changes, then the command line's options (which win)."""
+    hp, episodes = preset_config(env, preset)
+    return apply(hp, {**variant_changes(variant, env, method), **overrides}), episodes
 
 
 def apply(hp: Hyperparameters, changes: dict) -> Hyperparameters:
@@ -155,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale-inputs", action=argparse.BooleanOptionalAction, default=True,
                         help="standardise observations with D_test's mean and std, for every method "
                              "(default: on; --no-scale-inputs feeds raw observations)")
+    parser.add_argument("--mesa-variant", choices=MESA_VARIANTS, default="paper",
+                        help="paper: MESA as the paper describes it (default); authors: as its authors' code "
+                             "ran it: learned inner rates, outer gradient clip 40, pi_rec lr 1e-4 in Phase 1, "
+                             "MAML targets from psi, 3 x 100 networks for MESA, and Multi-Task's Phase 2 on "
+                             "training + test data on cartpole, halfcheetah, ant (docs/mesa_variants.md). "
+                             "Explicit hyperparameter options win")
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="hidden widths of every network (sets --sac-hidden and --recovery-hidden)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -228,6 +262,11 @@ class Job:
     def key(self, phase3: bool = True) -> str:
         """Hash of what the result depends on; phase3=False: only what Phases 1-2 depend on."""
         hp = dataclasses.asdict(self.hp)
+        for group, names in LATER_FIELDS.items():
+            defaults = type(getattr(self.hp, group))()
+            for name in names:
+                if name in hp[group] and hp[group][name] == getattr(defaults, name):
+                    del hp[group][name]
         if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
             hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
             hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
@@ -336,7 +375,7 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
             if phase == "phase1":
                 mesa.phase1(method, safety, train_buffers, test_buffer, policy, hp, job.seed, callback)
             else:
-                mesa.phase2(method, safety, test_buffer, policy, hp, callback)
+                mesa.phase2(method, safety, test_buffer, policy, hp, callback, train_buffers)
         timings[phase] = time.perf_counter() - t0
         critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
     return {"timings": timings, "critic": critic}
@@ -516,14 +555,14 @@ def main(argv=None) -> None:
 
     jobs = []
     for env in env_names:
-        try:
-            hp, episodes = preset_config(env, args.preset)
-            hp = apply(hp, overrides)
-        except ValueError as e:
-            parser.error(str(e))
-        jobs += [Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
-                     args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
-                     args.scale_inputs) for m in methods for s in seeds]
+        for m in methods:
+            try:
+                hp, episodes = job_config(env, m, args.preset, args.mesa_variant, overrides)
+            except ValueError as e:
+                parser.error(str(e))
+            jobs += [Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
+                         args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
+                         args.scale_inputs) for s in seeds]
     try:   # datasets before the workers start: no two processes ever generate the same file
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)

@@ -1,14 +1,21 @@
-"""MESA: the hand-written MAML meta-gradient against finite differences, its limits, the phases and
-the hyperparameter defaults."""
+"""MESA: the hand-written MAML meta-gradient against finite differences, its limits, the phases,
+the authors' variant (learned inner rates, outer clip, targets from psi, pi_rec lr, Multi-Task's
+Phase-2 data), the paper algorithm bit for bit at the defaults, and the hyperparameter defaults."""
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+import mesa
 from conftest import random_dataset
-from mesa import (METHODS, FitConfig, Hyperparameters, MetaConfig, adapted_params, meta_loss, meta_step,
-                  paper_hyperparameters, phase1, phase2, risk_loss)
-from recovery_rl import RecoveryConfig, Safety, SafetyCritic
-from sac import SAC, ReplayBuffer, set_seed
+from mesa import (METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig, adapted_params,
+                  initial_inner_rates, meta_learn, meta_loss, meta_step, paper_hyperparameters, phase1, phase2,
+                  risk_loss, sample_meta_batch)
+from recovery_rl import RecoveryConfig, Safety, SafetyCritic, safety_bellman_target
+from sac import SAC, ReplayBuffer, polyak_update, set_seed
 
 
 def tiny_problem(n_tasks=2, seed=0):
@@ -22,31 +29,59 @@ def tiny_problem(n_tasks=2, seed=0):
     return q_risk, tasks
 
 
-def meta_gradient(q_risk, tasks, cfg):
+def meta_gradient(q_risk, tasks, cfg, rho=None):
     q_risk.zero_grad()
-    meta_loss(q_risk, tasks, cfg).backward()
+    meta_loss(q_risk, tasks, cfg, rho).backward()
     return torch.cat([p.grad.flatten() for p in q_risk.parameters()])
 
 
-def test_second_order_meta_gradient_matches_finite_differences():
-    q_risk, tasks = tiny_problem()
-    cfg = MetaConfig(inner_lr=0.5, inner_steps=2, second_order=True)
-    analytic = meta_gradient(q_risk, tasks, cfg)
-    numeric, h = [], 1e-6
+def central_differences(loss, tensors, h=1e-6):
+    """d loss() / d every entry of the float64 tensors, by central differences."""
+    numeric = []
     with torch.no_grad():
-        for p in q_risk.parameters():
-            flat = p.view(-1)
+        for t in tensors:
+            flat = t.view(-1)
             for i in range(flat.numel()):
                 flat[i] += h
                 with torch.enable_grad():
-                    plus = meta_loss(q_risk, tasks, cfg).item()
+                    plus = loss().item()
                 flat[i] -= 2 * h
                 with torch.enable_grad():
-                    minus = meta_loss(q_risk, tasks, cfg).item()
+                    minus = loss().item()
                 flat[i] += h
                 numeric.append((plus - minus) / (2 * h))
-    numeric = torch.tensor(numeric, dtype=torch.float64)
+    return torch.tensor(numeric, dtype=torch.float64)
+
+
+def distinct_rates(q_risk):
+    """rho per parameter tensor with rates 0.2, 0.3, ...: a rate applied to the wrong tensor shows."""
+    return {name: torch.nn.Parameter(torch.tensor(math.log(math.expm1(0.2 + 0.1 * k)), dtype=torch.float64))
+            for k, (name, _) in enumerate(q_risk.named_parameters())}
+
+
+@pytest.mark.parametrize("learned_rates", [False, True])
+def test_second_order_meta_gradient_matches_finite_differences(learned_rates):
+    """Fixed alpha1, or learned rates softplus(rho_k): the gradient w.r.t. psi, and w.r.t. rho."""
+    q_risk, tasks = tiny_problem()
+    cfg = MetaConfig(inner_lr=0.5, inner_steps=2, second_order=True)
+    rho = distinct_rates(q_risk) if learned_rates else None
+    wrt = list(q_risk.parameters()) + (list(rho.values()) if learned_rates else [])
+    loss = lambda: meta_loss(q_risk, tasks, cfg, rho)  # noqa: E731
+    analytic = torch.cat([g.flatten() for g in torch.autograd.grad(loss(), wrt)])
+    numeric = central_differences(loss, wrt)
     assert torch.allclose(analytic, numeric, rtol=1e-5, atol=1e-8), (analytic - numeric).abs().max()
+    if learned_rates:
+        assert analytic[-len(rho):].abs().min() > 1e-6      # every rate gets a gradient
+
+
+def test_learned_rates_start_at_alpha1_and_then_equal_the_fixed_inner_step():
+    q_risk, tasks = tiny_problem()
+    cfg = MetaConfig(inner_lr=0.3, inner_steps=2)
+    rho = initial_inner_rates(q_risk, cfg.inner_lr)
+    assert rho.keys() == dict(q_risk.named_parameters()).keys()
+    assert all(F.softplus(r).item() == pytest.approx(0.3, rel=1e-12) for r in rho.values())
+    assert meta_loss(q_risk, tasks, cfg, rho).item() == pytest.approx(meta_loss(q_risk, tasks, cfg).item(), rel=1e-12)
+    assert torch.allclose(meta_gradient(q_risk, tasks, cfg, rho), meta_gradient(q_risk, tasks, cfg), atol=1e-12)
 
 
 def test_with_inner_lr_zero_the_meta_gradient_is_the_plain_outer_gradient():
@@ -86,9 +121,135 @@ def make_setup(seed=0):
     agent = SAC(3, 2, -np.ones(2), np.ones(2))
     safety = Safety(3, 2, -np.ones(2), np.ones(2), RecoveryConfig(hidden=(16, 16)))
     hp = Hyperparameters(meta=MetaConfig(steps=3, tasks_per_step=2, batch_size=16),
-                         multitask=FitConfig(steps=3, batch_size=16), rrl=FitConfig(steps=3, batch_size=16),
+                         multitask=MultiTaskConfig(steps=3, batch_size=16), rrl=FitConfig(steps=3, batch_size=16),
                          adapt=FitConfig(steps=3, batch_size=16))
     return train, test, agent, safety, hp
+
+
+def reference_mesa_phase1(safety, train, test, policy, cfg, seed=0):
+    """MESA Phase 1 as the paper describes it, written out without options: fixed alpha1, one
+    second-order inner step, targets from the Polyak target network, no clip, pi_rec at alpha1."""
+    safety.set_lr(cfg.inner_lr)
+    optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=cfg.outer_lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(cfg.steps):
+        chosen = rng.choice(len(train), cfg.tasks_per_step, replace=cfg.tasks_per_step > len(train))
+        batches = []
+        for j in chosen:
+            b_in, b_out = safety.sample(train[j], cfg.batch_size), safety.sample(train[j], cfg.batch_size)
+            batches.append((b_in, safety.targets(b_in, policy), b_out, safety.targets(b_out, policy)))
+        psi, loss = dict(safety.q_risk.named_parameters()), 0
+        for b_in, y_in, b_out, y_out in batches:
+            grads = torch.autograd.grad(risk_loss(safety.q_risk, psi, b_in, y_in), list(psi.values()), create_graph=True)
+            adapted = {name: p - cfg.inner_lr * g for (name, p), g in zip(psi.items(), grads)}
+            loss = loss + risk_loss(safety.q_risk, adapted, b_out, y_out)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        polyak_update(safety.q_risk_targ, safety.q_risk, safety.cfg.tau_risk)
+        safety.update_recovery(safety.sample(test)["obs"])
+
+
+def test_default_mesa_phase1_is_the_paper_algorithm_bit_for_bit():
+    """The authors' options, all off (the defaults), leave the paper's MESA and its random streams."""
+    train, test, agent, safety, hp = make_setup()
+    phase1("mesa", safety, train, test, agent.policy, hp)
+    after = torch.rand(1)
+    train, test, agent, reference, hp = make_setup()
+    reference_mesa_phase1(reference, train, test, agent.policy, hp.meta)
+    assert torch.equal(torch.rand(1), after)
+    for name in ("q_risk", "q_risk_targ", "pi_rec"):
+        ours, theirs = getattr(safety, name).state_dict(), getattr(reference, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+
+def test_meta_learn_trains_the_inner_rates_at_their_own_lr():
+    train, test, agent, safety, hp = make_setup()
+    psi0 = [p.clone() for p in safety.q_risk.parameters()]
+    cfg = dataclasses.replace(hp.meta, steps=1, learn_inner_lr=True, inner_lr_lr=0.01)
+    rates = meta_learn(safety, train, test, agent.policy, cfg)
+    assert rates.keys() == dict(safety.q_risk.named_parameters()).keys()
+    # Adam's first step moves an element by at most its lr, by about its lr where |grad| >> eps:
+    # rho at inner_lr_lr, psi at alpha2
+    rho_moved = [abs(math.log(math.expm1(r)) - math.log(math.expm1(cfg.inner_lr))) for r in rates.values()]
+    assert all(0 < m <= 0.01 * (1 + 1e-4) for m in rho_moved) and max(rho_moved) > 0.009
+    psi_moved = max((p - p0).abs().max().item() for p, p0 in zip(safety.q_risk.parameters(), psi0))
+    assert psi_moved == pytest.approx(cfg.outer_lr, rel=1e-2)
+    train, test, agent, safety, hp = make_setup()
+    assert meta_learn(safety, train, test, agent.policy, hp.meta) is None     # fixed alpha1: no rates
+
+
+def meta_step_gradients(cfg):
+    """(psi's, rho's) gradients as one meta-step leaves them, from the same setup each call."""
+    train, test, agent, safety, hp = make_setup()
+    optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=1e-3)
+    rho = initial_inner_rates(safety.q_risk, cfg.inner_lr)
+    optimizer.add_param_group({"params": list(rho.values()), "lr": cfg.inner_lr_lr})
+    meta_step(safety, train, agent.policy, cfg, optimizer, np.random.default_rng(0), rho)
+    return [p.grad.clone() for p in safety.q_risk.parameters()], [r.grad.clone() for r in rho.values()]
+
+
+def test_outer_grad_clip_bounds_psi_gradient_and_leaves_small_ones_and_rho_alone():
+    base = MetaConfig(tasks_per_step=2, batch_size=16, learn_inner_lr=True)
+    free_psi, free_rho = meta_step_gradients(base)
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in free_psi])).item()
+    clipped_psi, clipped_rho = meta_step_gradients(dataclasses.replace(base, outer_grad_clip=norm / 10))
+    assert torch.linalg.vector_norm(torch.cat([g.flatten() for g in clipped_psi])).item() == pytest.approx(norm / 10, rel=1e-4)
+    assert all(torch.allclose(c, f / 10, rtol=1e-4, atol=1e-12) for c, f in zip(clipped_psi, free_psi))  # direction kept
+    assert all(torch.equal(c, f) for c, f in zip(clipped_rho, free_rho))                # rho's gradient is not clipped
+    loose_psi, _ = meta_step_gradients(dataclasses.replace(base, outer_grad_clip=norm * 10))
+    assert all(torch.equal(a, b) for a, b in zip(loose_psi, free_psi))
+
+
+@pytest.mark.parametrize("target", ["lagged", "current"])
+def test_maml_targets_come_from_the_target_network_or_from_psi(target):
+    train, test, agent, safety, hp = make_setup()
+    with torch.no_grad():
+        for p in safety.q_risk_targ.parameters():
+            p.add_(0.5)                                  # a target network far from psi
+    policy = lambda obs: torch.zeros(len(obs), 2)        # noqa: E731  (deterministic a')
+    cfg = dataclasses.replace(hp.meta, target=target)
+    network = safety.q_risk if target == "current" else safety.q_risk_targ
+    other = safety.q_risk_targ if target == "current" else safety.q_risk
+    for b_in, y_in, b_out, y_out in sample_meta_batch(safety, train, policy, cfg, np.random.default_rng(0)):
+        for batch, y in ((b_in, y_in), (b_out, y_out)):
+            with torch.no_grad():
+                expected, unexpected = (safety_bellman_target(batch["cost"], net(batch["next_obs"], policy(batch["next_obs"])),
+                                                              safety.cfg.gamma_risk) for net in (network, other))
+            assert torch.equal(y, expected) and not torch.allclose(y, unexpected)
+    meta_step(safety, train, policy, cfg, torch.optim.Adam(safety.q_risk.parameters(), lr=1e-3), np.random.default_rng(0))
+    same = [torch.equal(a, b) for a, b in zip(safety.q_risk.parameters(), safety.q_risk_targ.parameters())]
+    assert all(same) == (target == "current")     # "current": the target network follows psi, for Phase 2
+    assert not any(p.requires_grad for p in safety.q_risk_targ.parameters())
+
+
+@pytest.mark.parametrize("pi_rec_lr, expected", [(0.0, 1e-3), (1e-4, 1e-4)])
+def test_pi_rec_phase1_lr_is_alpha1_unless_set(pi_rec_lr, expected):
+    train, test, agent, safety, hp = make_setup()
+    pi0 = [p.clone() for p in safety.pi_rec.parameters()]
+    hp.meta = dataclasses.replace(hp.meta, steps=1, pi_rec_lr=pi_rec_lr)
+    phase1("mesa", safety, train, test, agent.policy, hp)
+    moved = max((p - p0).abs().max().item() for p, p0 in zip(safety.pi_rec.parameters(), pi0))
+    assert moved == pytest.approx(expected, rel=1e-2)                 # Adam's first step: its lr
+
+
+@pytest.mark.parametrize("with_train", [False, True])
+def test_multitask_phase2_data_is_d_test_or_training_plus_d_test(monkeypatch, with_train):
+    train, test, agent, safety, hp = make_setup()
+    hp.multitask.phase2_with_train = with_train
+    seen = []
+    monkeypatch.setattr(mesa, "fit", lambda safety, buffer, policy, cfg, callback=None: seen.append(buffer))
+    phase2("multitask", safety, test, agent.policy, hp, train=train)
+    phase2("mesa", safety, test, agent.policy, hp, train=train)
+    multitask_data, mesa_data = seen
+    assert mesa_data is test                                         # MESA adapts on D_test either way
+    if not with_train:
+        assert multitask_data is test
+    else:
+        for key in ("observations", "costs", "next_observations"):
+            assert np.array_equal(multitask_data.arrays()[key], np.concatenate([b.arrays()[key] for b in [*train, test]]))
+        with pytest.raises(ValueError, match="needs the training buffers"):
+            phase2("multitask", safety, test, agent.policy, hp)
 
 
 def test_meta_step_moves_the_critic_and_its_target():
@@ -130,6 +291,9 @@ def test_paper_hyperparameters_follow_the_spec():
     assert (ant.recovery.eps_risk, ant.meta.steps, ant.adapt.steps) == (0.3, 15000, 500)
     assert (hc.meta.inner_lr, hc.meta.outer_lr, hc.meta.tasks_per_step, hc.meta.second_order) == (1e-3, 1e-5, 5, True)
     assert hc.phase2_lr("mesa") == 1e-3 and hc.phase2_lr("multitask") == 3e-4 and hc.phase2_lr("rrl") == 3e-4
+    # the authors' variant is off: the paper's MESA and Multi-Task
+    assert (hc.meta.learn_inner_lr, hc.meta.outer_grad_clip, hc.meta.pi_rec_lr, hc.meta.target) == (False, 0.0, 0.0, "lagged")
+    assert hc.recovery.hidden == (256, 256) and not hc.multitask.phase2_with_train
 
 
 @pytest.mark.parametrize("make, message", [
@@ -138,6 +302,9 @@ def test_paper_hyperparameters_follow_the_spec():
     (lambda: MetaConfig(steps=-1), "meta steps must be >= 0"),
     (lambda: MetaConfig(outer_lr=0.0), "learning rates must be positive"),
     (lambda: FitConfig(batch_size=0), "batch size must be >= 1"),
+    (lambda: MetaConfig(target="psi"), "meta target must be one of lagged, current"),
+    (lambda: MetaConfig(outer_grad_clip=-1.0), "outer gradient clip and pi_rec lr must be >= 0"),
+    (lambda: MetaConfig(learn_inner_lr=True, inner_lr=0.0), "learned inner rates start at inner_lr"),
 ])
 def test_nonsense_hyperparameters_are_refused(make, message):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,6 @@
 """run.py end to end on the smoke preset, its argument checks, and report.py's AUROC and labels."""
 import csv
+import dataclasses
 import itertools
 import json
 import os
@@ -116,6 +117,8 @@ def test_workers_run_jobs_in_parallel_processes(tmp_path, data_root):
     (["--meta-steps", "-1"], "meta steps must be >= 0"),
     (["--seeds", "x"], "--seeds takes integers"),
     (["--test-fraction", "0"], "--test-fraction must lie in (0, 1]"),
+    (["--meta-target", "psi"], "meta target must be one of lagged, current"),
+    (["--mesa-variant", "theirs"], "invalid choice: 'theirs'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -189,6 +192,55 @@ def test_composite_target_is_an_option_of_run(tmp_path, data_root):
     parser = run.build_parser()
     args = vars(parser.parse_args(["--recovery-target-policy", "composite"]))
     assert args["recovery.target_policy"] == "composite"
+
+
+def test_mesa_variant_authors_sets_every_item_and_nothing_else():
+    assert run.build_parser().parse_args(["--mesa-variant", "authors"]).mesa_variant == "authors"
+    assert run.build_parser().parse_args([]).mesa_variant == "paper"
+    paper = {m: run.job_config("halfcheetah", m, "quick", "paper", {})[0] for m in run.METHODS}
+    authors = {m: run.job_config("halfcheetah", m, "quick", "authors", {})[0] for m in run.METHODS}
+    meta = authors["mesa"].meta
+    assert (meta.learn_inner_lr, meta.inner_lr_lr, meta.outer_grad_clip, meta.pi_rec_lr, meta.target) == \
+        (True, 1e-3, 40.0, 1e-4, "current")
+    assert authors["mesa"].recovery.hidden == (100, 100, 100)                  # MESA's networks only
+    assert authors["multitask"].multitask.phase2_with_train
+    assert dataclasses.replace(meta, learn_inner_lr=False, outer_grad_clip=0.0, pi_rec_lr=0.0, target="lagged") == paper["mesa"].meta
+    assert dataclasses.replace(authors["mesa"], meta=paper["mesa"].meta, recovery=paper["mesa"].recovery) == paper["mesa"]
+    assert dataclasses.replace(authors["mesa"].recovery, hidden=(128, 128)) == paper["mesa"].recovery
+    assert dataclasses.replace(authors["multitask"].multitask, phase2_with_train=False) == paper["multitask"].multitask
+    assert all(authors[m] == paper[m] for m in ("unconstrained", "rrl", "rrl_oracle"))
+    assert not run.job_config("navigation1", "multitask", "quick", "authors", {})[0].multitask.phase2_with_train
+    hp, _ = run.job_config("halfcheetah", "mesa", "quick", "authors", {"recovery.hidden": (64,), "meta.target": "lagged"})
+    assert hp.recovery.hidden == (64,) and hp.meta.target == "lagged" and hp.meta.learn_inner_lr  # options win
+    key = lambda hp, m: run.Job("halfcheetah", m, 0, "quick", hp, 60, "runs", "data", "default", "none").key()  # noqa: E731
+    assert key(authors["mesa"], "mesa") != key(paper["mesa"], "mesa")
+    assert key(authors["multitask"], "multitask") != key(paper["multitask"], "multitask")
+    assert key(authors["rrl"], "rrl") == key(paper["rrl"], "rrl")
+
+
+def test_default_configurations_keep_their_run_keys():
+    """Fields added to the configs later leave the run keys of default configurations as they were
+    (so finished runs and cached Phases 1-2 stay valid); the keys below predate those fields."""
+    before = {("navigation1", "quick", "mesa"): ("de57aa15a15d55a0", "eb63f16b2ac0c0da"),
+              ("navigation1", "paper", "multitask"): ("6bea9d50b0e4ac95", "515d42ea1052d85d"),
+              ("halfcheetah", "quick", "multitask"): ("609bcc04c5dc3dd5", "5508a4b37ef1c3a2"),
+              ("halfcheetah", "paper", "mesa"): ("b2a8b9546e0c3576", "2275d9eff29f4616"),
+              ("halfcheetah", "paper", "rrl"): ("e67188f13a3a7be4", "141e987b7611383a")}
+    for (env, preset, method), keys in before.items():
+        hp, episodes = run.job_config(env, method, preset, "paper", {})
+        job = run.Job(env, method, 0, preset, hp, episodes, "runs", "data", "default", "none")
+        assert (job.key(), job.key(phase3=False)) == keys, (env, preset, method)
+
+
+def test_mesa_variant_authors_end_to_end(tmp_path, data_root):
+    smoke(tmp_path, data_root, "--env", "cartpole", "--methods", "mesa,multitask", "--mesa-variant", "authors")
+    for method in ("mesa", "multitask"):
+        folder = tmp_path / "cartpole" / method / "seed0"
+        hp = json.loads((folder / "config.json").read_text())["hyperparameters"]
+        assert hp["meta"]["learn_inner_lr"] == (method == "mesa") and hp["multitask"]["phase2_with_train"] == (method == "multitask")
+        q_risk = torch.load(folder / "final.pt", weights_only=True)["safety"]["q_risk"]
+        widths = [w.shape[0] for name, w in q_risk.items() if name.endswith("weight")][:-1]
+        assert widths == ([100, 100, 100] if method == "mesa" else [16, 16])
 
 
 def linear_critic(weight_on_first_coordinate: float) -> Safety:
