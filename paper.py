@@ -351,6 +351,11 @@ def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> s
         datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=run.DATA_SEED,
                             variant="rrl" if env == "navigation2" else "mesa")
     run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    return rrl_check_summary(folder, jobs)
+
+
+def rrl_check_summary(folder: str, jobs: list[run.Job]) -> str:
+    """rrl_check/summary.{md,json} (and each env's summary and figures) from the finished runs."""
     summary, seeds = {}, sorted({j.seed for j in jobs})
     for env in RRL_CHECK_EPISODES:
         env_dir = os.path.join(folder, env)
