@@ -130,7 +130,7 @@ def _figure(path: str, by_method: dict, key: str, ylabel: str, title: str, windo
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for method, runs in by_method.items():
         x, mean, se = _curves(runs, key, window)
-        ax.plot(x, mean, color=COLOURS.get(method), label=LABELS.get(method, method))
+        ax.plot(x, mean, color=COLOURS.get(method), label=f"{LABELS.get(method, method)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         ax.fill_between(x, mean - se, mean + se, color=COLOURS.get(method), alpha=0.25, linewidth=0)
     ax.set(xlabel="Episode", ylabel=ylabel, title=title)
     ax.legend(frameon=False)
@@ -224,8 +224,7 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
     atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
     write_json(os.path.join(env_dir, "summary.json"), report)
     if by_method:
-        n_seeds = max(len(r) for r in by_method.values())
-        title = f"{TITLES.get(env, env)} (mean ± s.e., {n_seeds} seed{'s' * (n_seeds > 1)})"
+        title = f"{TITLES.get(env, env)} (mean ± s.e. over seeds)"
         _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method, "cumulative_violations",
                 "Cumulative violations", title)
         n = min(len(r["episode"]) for runs in by_method.values() for r in runs)
