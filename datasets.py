@@ -284,7 +284,8 @@ def near_obstacle_share(name: str, observations: np.ndarray) -> float:
         return float(np.mean((np.abs(y) < 5) & (x > -80) & (x < 0)))
     if name == "navigation2":
         (x0, x1, y0, y1), = envs.NAV_OBSTACLES[2]
-        dx, dy = np.maximum.reduce([x0 - x, x - x1, 0 * x]), np.maximum.reduce([y0 - y, y - y1, 0 * y])
+        dx = np.maximum(np.maximum(x0 - x, x - x1), 0.0)     # distance to the box along each axis
+        dy = np.maximum(np.maximum(y0 - y, y - y1), 0.0)
         return float(np.mean(np.hypot(dx, dy) <= 5.0))
     return float("nan")
 

@@ -190,11 +190,10 @@ class Safety:
 # ----------------------------------------------------------------------------- Phase 3
 
 def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_buffer: ReplayBuffer,
-                safety_buffer: ReplayBuffer | None, env_step: int, visited: ReplayBuffer | None = None):
+                safety_buffer: ReplayBuffer | None, env_step: int):
     """One environment step of Recovery RL: propose, filter, execute, relabel, update.
 
-    Without a Safety (Unconstrained SAC) the proposal is executed as it is. `visited`, if given,
-    records the executed transition too (to score critics where the agent goes).
+    Without a Safety (Unconstrained SAC) the proposal is executed as it is.
     Returns (next_obs, reward, cost, terminated, truncated, info, filter_fired).
     """
     a_task = agent.explore(obs, env_step)
@@ -207,8 +206,6 @@ def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_bu
     task_buffer.add(obs, a_task, reward, cost, next_obs, terminated, truncated)      # proposed action
     if safety is not None:
         safety_buffer.add(obs, a_exec, reward, cost, next_obs, terminated, truncated)  # executed action
-    if visited is not None:
-        visited.add(obs, a_exec, reward, cost, next_obs, terminated, truncated)
 
     batch_size = agent.cfg.batch_size
     if len(task_buffer) >= batch_size:
@@ -220,22 +217,31 @@ def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_bu
     return next_obs, reward, cost, terminated, truncated, info, fired
 
 
+def phase3_safety_buffer(env, n_episodes: int, seed: int, offline: dict[str, np.ndarray] | None = None
+                         ) -> ReplayBuffer:
+    """The safety buffer of Phase 3: the offline data, then room for every executed transition.
+
+    It never overwrites, so its rows after the offline data are exactly the transitions Phase 3 visited.
+    """
+    capacity = n_episodes * env.spec.max_episode_steps
+    if offline is not None:
+        return ReplayBuffer.from_arrays(offline, capacity, seed=seed + 1)
+    return ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], capacity, seed=seed + 1)
+
+
 def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: int,
-                 offline: dict[str, np.ndarray] | None = None, visited: ReplayBuffer | None = None
+                 offline: dict[str, np.ndarray] | None = None, safety_buffer: ReplayBuffer | None = None
                  ) -> Iterator[dict]:
     """Phase 3: run n_episodes of Recovery RL (or Unconstrained SAC when safety is None).
 
-    The safety buffer starts as the offline data; `visited`, if given, receives every executed
-    transition. Yields one metrics dict per finished episode:
+    The safety buffer is `safety_buffer` if given (phase3_safety_buffer), else one that starts as
+    the offline data. Yields one metrics dict per finished episode:
     return, length, violation (0/1), success (0/1, or nan where undefined), recovery_fraction.
     """
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    capacity = n_episodes * env.spec.max_episode_steps
-    task_buffer = ReplayBuffer(obs_dim, act_dim, capacity, seed=seed)
-    safety_buffer = None
-    if safety is not None:
-        safety_buffer = (ReplayBuffer.from_arrays(offline, capacity, seed=seed + 1) if offline is not None
-                         else ReplayBuffer(obs_dim, act_dim, capacity, seed=seed + 1))
+    task_buffer = ReplayBuffer(obs_dim, act_dim, n_episodes * env.spec.max_episode_steps, seed=seed)
+    if safety is not None and safety_buffer is None:
+        safety_buffer = phase3_safety_buffer(env, n_episodes, seed, offline)
     env.action_space.seed(seed)
     env_step = 0
     for episode in range(n_episodes):
@@ -243,7 +249,7 @@ def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: 
         ret, length, violated, recoveries, done = 0.0, 0, False, 0, False
         while not done:
             obs, reward, cost, terminated, truncated, info, fired = phase3_step(
-                env, obs, agent, safety, task_buffer, safety_buffer, env_step, visited)
+                env, obs, agent, safety, task_buffer, safety_buffer, env_step)
             ret, length, env_step = ret + reward, length + 1, env_step + 1
             violated, recoveries = violated or cost > 0, recoveries + fired
             done = terminated or truncated

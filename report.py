@@ -199,7 +199,6 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
     """Write summary.md, summary.json and the two figures for one environment; return the table."""
     by_method, metrics = load_runs(env_dir, methods, seeds)
     summary = {m: method_summary(by_method[m], metrics[m], has_success) for m in by_method}
-    report = {"env": env, "preset": preset, "methods": summary}
     header = ["method", "seeds", "episodes", "cumulative violations", "violating episodes",
               *(["final success rate"] if has_success else []), "final return",
               "AUROC held-out (Phase 1 / 2)", "AUROC on-policy (start / end of Phase 3)"]
@@ -222,7 +221,7 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
              "Phase 3 started from and by the final one.\n\n"
              "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
     atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
-    write_json(os.path.join(env_dir, "summary.json"), report)
+    write_json(os.path.join(env_dir, "summary.json"), {"env": env, "preset": preset, "methods": summary})
     if by_method:
         title = f"{TITLES.get(env, env)} (mean ± s.e. over seeds)"
         _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method, "cumulative_violations",

@@ -52,7 +52,7 @@ import envs
 import mesa
 import report
 from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig
-from recovery_rl import RecoveryConfig, Safety, learn_online, safety_critic_loss
+from recovery_rl import RecoveryConfig, Safety, learn_online, phase3_safety_buffer, safety_critic_loss
 from sac import SAC, ReplayBuffer, SACConfig, atomic_write, save_checkpoint, set_seed
 
 DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
@@ -431,19 +431,18 @@ def run_one(job: Job) -> dict:
 
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
     start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    visited = ReplayBuffer(obs_dim, act_dim, job.episodes * env.spec.max_episode_steps, seed=0)
+    safety_buffer = phase3_safety_buffer(env, job.episodes, job.seed, test) if safety is not None else None
     rows, t0 = [], time.perf_counter()
     with progress_bar(job, "phase3", job.episodes) as bar:
-        for row in learn_online(env, agent, safety, job.episodes, job.seed,
-                                offline=test if safety is not None else None, visited=visited):
+        for row in learn_online(env, agent, safety, job.episodes, job.seed, safety_buffer=safety_buffer):
             rows.append(row)
             bar.update(1)
             bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
     env.close()
     info["timings"]["phase3"] = time.perf_counter() - t0
-    if safety is not None:
-        info["critic"].update(onpolicy_quality(safety, start_state, visited.arrays(), agent.policy))
+    if safety is not None:       # the buffer's rows after the offline data: what Phase 3 visited
+        visited = {k: v[len(test["rewards"]):] for k, v in safety_buffer.arrays().items()}
+        info["critic"].update(onpolicy_quality(safety, start_state, visited, agent.policy))
     save_checkpoint({"key": job.key(), "sac": agent.state_dict(),
                      "safety": safety.state_dict() if safety is not None else None},
                     os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)

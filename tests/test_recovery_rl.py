@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from conftest import random_dataset
 from mesa import FitConfig, fit
-from recovery_rl import (RecoveryConfig, Safety, learn_online, phase3_step, recovery_filter,
+from recovery_rl import (RecoveryConfig, Safety, learn_online, phase3_safety_buffer, phase3_step, recovery_filter,
                          safety_bellman_target, sample_class_balanced)
 from sac import SAC, ReplayBuffer, SACConfig, set_seed
 
@@ -189,11 +189,14 @@ def test_target_policy_default_is_task_and_nonsense_is_refused():
 
 
 def test_visited_buffer_records_every_executed_transition(line_env):
+    """The safety buffer's rows after the offline data are every transition Phase 3 executed."""
     set_seed(0)
     agent = SAC(2, 1, [-1.0], [1.0], SACConfig(batch_size=8, hidden=(8,), start_steps=5))
-    visited = ReplayBuffer(2, 1, 1000)
+    offline = random_dataset(20, 2, 1)
+    safety_buffer = phase3_safety_buffer(line_env, 2, 0, offline)
     episodes = list(learn_online(line_env, agent, filtering_safety(fires=True), n_episodes=2, seed=0,
-                                 offline=random_dataset(20, 2, 1), visited=visited))
+                                 safety_buffer=safety_buffer))
+    visited = ReplayBuffer.from_arrays({k: v[20:] for k, v in safety_buffer.arrays().items()})
     assert len(visited) == episodes[-1]["env_steps"]
     ends = visited.arrays()["terminals"] | visited.arrays()["timeouts"]
     assert ends.sum() == 2 and ends[-1]
