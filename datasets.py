@@ -78,6 +78,7 @@ class CollectSpec:
     updates_per_step: float = 0.0  # SAC replay: gradient updates per environment step after start_steps
     sac_hidden: tuple[int, ...] = (256, 256)  # SAC replay: the collecting SAC's hidden widths
     sac_batch: int = 256          # SAC replay: the collecting SAC's batch size
+    violation_ends_value: bool = True  # SAC replay: the collector learns as if a violation ended the episode
 
 
 def _point_specs(n_train, tests, oracles):
@@ -195,7 +196,10 @@ def sac_replay(name: str, task: dict, n: int, seed: int, spec: CollectSpec,
 
     Uniformly random actions for spec.start_steps steps, then pi's samples, with
     spec.updates_per_step SAC updates per step (a fraction updates every 1/updates_per_step steps).
-    A violation does not end the episode.
+    A violation does not end the episode (the paper). With spec.violation_ends_value the collecting
+    SAC learns as if it did (no value after a violation), as the authors' collector did: their
+    environments end the episode there (half_cheetah_disabled.py:134-136, main.py:1112). Otherwise
+    nothing stops it from learning to run on its back, and the buffer fills with violations.
     """
     env = envs.make_env(name, task, terminate_on_violation=False)
     low, high = env.action_space.low, env.action_space.high
@@ -213,12 +217,19 @@ def sac_replay(name: str, task: dict, n: int, seed: int, spec: CollectSpec,
         if step >= spec.start_steps and len(buf) >= spec.sac_batch:
             credit += spec.updates_per_step
             while credit >= 1.0:
-                agent.update(buf.sample(spec.sac_batch))
+                agent.update(collector_batch(buf.sample(spec.sac_batch), spec.violation_ends_value))
                 credit -= 1.0
         if progress and (step + 1) % 50_000 == 0:
             print(f"  {name}: {step + 1}/{n} SAC steps, {time.time() - t0:.0f} s", file=sys.stderr)
     env.close()
     return buf.arrays()
+
+
+def collector_batch(batch: dict, violation_ends_value: bool) -> dict:
+    """The collecting SAC's view of a batch: a violation is terminal if violation_ends_value."""
+    if violation_ends_value:
+        batch["done"] = torch.maximum(batch["done"], batch["cost"])
+    return batch
 
 
 def random_episodes(name: str, task: dict, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -456,9 +467,12 @@ class FileJob:
 
     def recipe(self) -> dict:
         """What the file depends on; stored in the manifest beside its sha256."""
+        spec = asdict(self.spec)
+        if self.spec.rollout_len:      # the point generators never read it: their files stay valid
+            del spec["violation_ends_value"]
         return {"seed": self.seed, "task": {k: list(np.atleast_1d(v)) for k, v in self.task.items()},
                 "transitions": self.n, "kind": self.kind, "variant": self.variant,
-                "spec": json.loads(json.dumps(asdict(self.spec)))}
+                "spec": json.loads(json.dumps(spec))}
 
     def is_cached(self) -> bool:
         entry = _read_manifest(self.folder)["files"].get(self.fname)

@@ -53,7 +53,9 @@ Where we deviate (docs/environments.md, "Paper vs. original code", says why):
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import gymnasium
 import mujoco
@@ -464,13 +466,32 @@ class _FaultMixin:
         return {"cost": float(self.violates()), "x_position": self.data.qpos[0]}
 
 
+@contextlib.contextmanager
+def settotalmass_accepted():
+    """MuJoCo >= 3.3 warns (on stderr and into MUJOCO_LOG.TXT) that the compiler attribute
+    settotalmass of Gymnasium's half_cheetah.xml is deprecated; it still compiles the same masses.
+    This drops that one warning while the model compiles and passes every other one on."""
+    previous = mujoco.get_mju_user_warning()
+
+    def forward(message: str) -> None:
+        if "settotalmass" not in message:
+            warnings.warn(f"MuJoCo: {message}", stacklevel=2)
+
+    mujoco.set_mju_user_warning(forward)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 class HalfCheetahDisabled(_FaultMixin, HalfCheetahEnv):
     """HalfCheetah-v5 at 0.01 s per step with faulty joints; violation = "head" touches "floor"."""
 
     violation_geoms = ("head", "floor")
 
     def __init__(self, torque_scale=(1.0,) * 6, terminate_on_violation: bool = True, **kwargs):
-        HalfCheetahEnv.__init__(self, **{"frame_skip": HALFCHEETAH_FRAME_SKIP, **kwargs})
+        with settotalmass_accepted():
+            HalfCheetahEnv.__init__(self, **{"frame_skip": HALFCHEETAH_FRAME_SKIP, **kwargs})
         self.torque_scale = np.array(torque_scale, dtype=np.float64).reshape(self.model.nu)
         self.terminate_on_violation = terminate_on_violation
 

@@ -385,71 +385,37 @@ def rrl_check_table(summary: dict) -> str:
 
 # ----------------------------------------------------------------------------- all of it
 
-def comparison(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    """run.py on every environment; returns one table: violations and success / return per method."""
-    run.main(["--env", "all", "--seeds", str(COMPARISON_SEEDS), "--workers", str(workers),
-              "--preset", preset, "--out", out, "--data-root", data_root])
-    lines = ["| env | episodes | measure | " + " | ".join(report.LABELS[m] for m in mesa.METHODS) + " |",
-             "|---|---|---|" + "---|" * len(mesa.METHODS)]
-    for env in envs.ENV_NAMES:
-        runs = {m: [report.read_episodes(os.path.join(out, env, m, f"seed{s}", "episodes.csv"))
-                    for s in range(COMPARISON_SEEDS)] for m in mesa.METHODS}
-        n = len(runs["mesa"][0]["episode"])
-        measures = {"cumulative violations": lambda e: e["cumulative_violations"][-1]}
-        if envs.HAS_SUCCESS[env]:
-            measures["final success rate"] = lambda e: report.final_value(e["success"])
-        measures["final return"] = lambda e: report.final_value(e["return"])
-        for name, measure in measures.items():
-            cells = [report.mean_se([measure(e) for e in runs[m]]) for m in mesa.METHODS]
-            digits = 2 if "success" in name else 1
-            lines.append(f"| {env} | {n} | {name} | " + " | ".join(f"{m:.{digits}f} ± {se:.{digits}f}" for m, se in cells) + " |")
-    return "\n".join(lines) + "\n\n" + critic_table(out) + "\n\n" + start_risk_table(out, preset, data_root)
+def comparison_seeds(preset: str) -> int:
+    """3 seeds for quick (the budget: about an hour per environment on 2 cores), the paper's 5 else."""
+    return 3 if preset in ("smoke", "quick") else COMPARISON_SEEDS
 
 
-def start_risk(j: run.Job, starts: int = 50, actions: int = 200) -> tuple[float, float]:
-    """(mean Q_risk, share of actions the filter lets through) over test-env start states and
-    uniformly random actions, for a finished run's critic after Phase 2 (its phase2.pt)."""
-    _, _, env, _ = run.load_inputs(j)
-    low, high, act_dim = env.action_space.low, env.action_space.high, env.action_space.shape[0]
-    _, safety = run.fresh_networks(j, env)
-    safety.load_state_dict(torch.load(os.path.join(j.folder, "phase2.pt"), weights_only=True)["safety"])
-    obs = torch.from_numpy(np.stack([env.reset(seed=10_000 + i)[0] for i in range(starts)]))
-    acts = torch.from_numpy(np.random.default_rng(0).uniform(low, high, (actions, act_dim)).astype(np.float32))
-    with torch.no_grad():
-        q = torch.stack([safety.q_risk(obs, a.expand(starts, act_dim)) for a in acts])
-    return q.mean().item(), (q <= j.hp.recovery.eps_risk).float().mean().item()
+def comparison(out: str, preset: str, workers: int, data_root: str = "data", env_names=envs.ENV_NAMES) -> str:
+    """run.py per environment (every method, comparison_seeds seeds); returns one table of the
+    summary.json files run.py writes per environment."""
+    seeds = comparison_seeds(preset)
+    for env in env_names:
+        run.main(["--env", env, "--seeds", str(seeds), "--workers", str(workers), "--preset", preset,
+                  "--out", out, "--data-root", data_root, "--no-progress"])
+    return comparison_table(out, env_names)
 
 
-def start_risk_table(out: str, preset: str, data_root: str) -> str:
-    """Where the filter stands at the start of an episode, and what happened in Phase 3."""
-    lines = ["| env | method | eps_risk | Q_risk at start states | share of random actions allowed | "
-             "recovery fraction in Phase 3 | mean episode length |", "|---|---|---|---|---|---|---|"]
-    for env in ("navigation1", "navigation2", "maze"):
-        for method in ("rrl", "multitask", "mesa"):
-            jobs = [job(env, method, s, out, preset, data_root) for s in range(COMPARISON_SEEDS)]
-            risk = [start_risk(j) for j in jobs]
-            episodes = [report.read_episodes(os.path.join(j.folder, "episodes.csv")) for j in jobs]
-            cells = [report.mean_se(x) for x in ([r[0] for r in risk], [r[1] for r in risk],
-                                                 [e["recovery_fraction"].mean() for e in episodes],
-                                                 [e["length"].mean() for e in episodes])]
-            lines.append(f"| {env} | {report.LABELS[method]} | {jobs[0].hp.recovery.eps_risk:g} | "
-                         + " | ".join(f"{m:.2f} ± {se:.2f}" for m, se in cells[:3])
-                         + f" | {cells[3][0]:.1f} ± {cells[3][1]:.1f} |")
-    return "\n".join(lines)
-
-
-def critic_table(out: str) -> str:
-    """Held-out Q_risk AUROC after Phases 1 and 2 of the comparison's runs, per env and method."""
-    columns = [("multitask", "after_phase1"), ("multitask", "after_phase2"), ("mesa", "after_phase1"),
-               ("mesa", "after_phase2"), ("rrl", "after_phase1")]
-    lines = ["| env | " + " | ".join(f"{report.LABELS[m]} after Phase {p[-1]}" for m, p in columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for env in envs.ENV_NAMES:
-        cells = []
-        for method, phase in columns:
-            paths = [os.path.join(out, env, method, f"seed{s}", "metrics.json") for s in range(COMPARISON_SEEDS)]
-            cells.append(report.mean_se([json.load(open(p))["critic"][phase]["auroc"] for p in paths]))
-        lines.append(f"| {env} | " + " | ".join(f"{m:.3f} ± {se:.3f}" for m, se in cells) + " |")
+def comparison_table(out: str, env_names) -> str:
+    """Cumulative violations, final success or return, on-policy AUROC: per env and method."""
+    lines = ["| env | method | seeds | episodes | cumulative violations | final success | final return "
+             "| AUROC on-policy (start / end) |", "|---|---|---|---|---|---|---|---|"]
+    for env in env_names:
+        path = os.path.join(out, env, "summary.json")
+        if not os.path.exists(path):
+            continue
+        for method, s in json.load(open(path))["methods"].items():
+            a = s["critic_auroc"]
+            lines.append(f"| {env} | {report.LABELS.get(method, method)} | {s['seeds']} | {s['episodes']} | "
+                         f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
+                         f"{report.cell(s, 'final_success', '{:.2f} ± {:.2f}')} | "
+                         f"{report.cell(s, 'final_return', '{:.1f} ± {:.1f}')} | "
+                         f"{report.cell(a, 'onpolicy_start', '{:.2f} ± {:.2f}')} / "
+                         f"{report.cell(a, 'onpolicy_final', '{:.2f} ± {:.2f}')} |")
     return "\n".join(lines)
 
 

@@ -552,16 +552,17 @@ def main(argv=None) -> None:
     threads = args.threads or 1
     torch.set_num_threads(threads)
 
-    jobs = []
+    jobs = []   # seed by seed, so that an interrupted run leaves every method with as many seeds
     for env in env_names:
-        for m in methods:
-            try:
-                hp, episodes = job_config(env, m, args.preset, args.mesa_variant, overrides)
-            except ValueError as e:
-                parser.error(str(e))
-            jobs += [Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
-                         args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
-                         args.scale_inputs) for s in seeds]
+        for s in seeds:
+            for m in methods:
+                try:
+                    hp, episodes = job_config(env, m, args.preset, args.mesa_variant, overrides)
+                except ValueError as e:
+                    parser.error(str(e))
+                jobs.append(Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
+                                args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
+                                args.scale_inputs))
     try:   # datasets before the workers start: no two processes ever generate the same file
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)

@@ -4,6 +4,7 @@ import os
 import warnings
 
 import numpy as np
+import torch
 import pytest
 
 import datasets
@@ -97,6 +98,15 @@ def test_sac_replay_goes_on_after_a_violation_and_oracle_is_a_sample():
     assert len(oracle["rewards"]) == 50
     with pytest.raises(ValueError, match="unknown dataset kind"):
         datasets.collect("cartpole", task, 10, 0, TINY_SAC, "holdout")
+
+
+def test_collector_learns_as_if_a_violation_ended_the_episode():
+    """The collecting SAC's batch marks violations terminal (no value after a flip); the stored
+    dataset keeps its own terminals, and the option off leaves the batch alone."""
+    batch = {"cost": torch.tensor([0.0, 1.0, 0.0]), "done": torch.tensor([0.0, 0.0, 1.0])}
+    assert datasets.collector_batch(dict(batch), True)["done"].tolist() == [0.0, 1.0, 1.0]
+    assert datasets.collector_batch(dict(batch), False)["done"].tolist() == [0.0, 0.0, 1.0]
+    assert datasets.PRESET_SPECS["quick"]["halfcheetah"].violation_ends_value
 
 
 def test_violation_events_count_entries_not_repeats():

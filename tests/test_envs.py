@@ -544,3 +544,14 @@ def test_task_parameters_change_dynamics(name):
     a, b = _next_obs(name, tasks[0], start), _next_obs(name, tasks[1], start)
     assert np.array_equal(a, _next_obs(name, tasks[0], start))
     assert not np.allclose(a, b)
+
+
+def test_halfcheetah_builds_without_mujoco_deprecation_output(tmp_path, monkeypatch, capfd):
+    """Gymnasium's settotalmass warning neither reaches stderr nor writes MUJOCO_LOG.TXT; other
+    MuJoCo warnings still pass through as Python warnings (the callback is restored afterwards)."""
+    monkeypatch.chdir(tmp_path)
+    envs.make_env("halfcheetah").close()
+    assert capfd.readouterr().err == "" and not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert mujoco.get_mju_user_warning() is None
+    with envs.settotalmass_accepted(), pytest.warns(UserWarning, match="something else"):
+        mujoco.get_mju_user_warning()("something else")
