@@ -9,7 +9,8 @@ Parts (SPEC sections 9 and 10):
               Unconstrained SAC, on Navigation 1, Navigation 2 and Maze, Recovery RL's gamma_risk /
               eps_risk / pos_fraction, navigation episodes that end and succeed within 4 of the goal,
               400 / 500 episodes, RRL_CHECK_SEEDS seeds, the paper preset's networks.
-  comparison  run.py on the six environments, the four methods, COMPARISON_SEEDS seeds.
+  comparison  the five methods on the six environments (--env: some of them), 3 seeds in quick,
+              COMPARISON_SEEDS in paper; results/<env>/summary.{md,json} and figures.
   figure2     Maze, Multi-Task vs. MESA: after Phase 1, adapt on D_test and score Q_risk on the
               held-out set after each of ADAPT_STEPS steps (AUROC and loss against adaptation
               steps); Q_risk heatmaps over the maze after HEATMAP_STEPS steps (paper Figure 2).
@@ -391,12 +392,16 @@ def comparison_seeds(preset: str) -> int:
 
 
 def comparison(out: str, preset: str, workers: int, data_root: str = "data", env_names=envs.ENV_NAMES) -> str:
-    """run.py per environment (every method, comparison_seeds seeds); returns one table of the
-    summary.json files run.py writes per environment."""
-    seeds = comparison_seeds(preset)
+    """Every method on each environment, comparison_seeds seeds, seed by seed; writes
+    <out>/<env>/summary.{md,json} and the figures; returns one table over the environments."""
+    seeds = range(comparison_seeds(preset))
+    jobs = [job(env, m, s, out, preset, data_root) for env in env_names for s in seeds for m in mesa.METHODS]
     for env in env_names:
-        run.main(["--env", env, "--seeds", str(seeds), "--workers", str(workers), "--preset", preset,
-                  "--out", out, "--data-root", data_root, "--no-progress"])
+        prepare(env, preset, data_root)
+        datasets.get_oracle(env, preset, data_root, progress=True, seed=run.DATA_SEED)
+    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    for env in env_names:
+        report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds, envs.HAS_SUCCESS[env], preset)
     return comparison_table(out, env_names)
 
 
@@ -426,9 +431,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="results")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--env", nargs="+", choices=envs.ENV_NAMES, default=list(envs.ENV_NAMES),
+                        help="the comparison's environments (default: all six)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    parts = {"rrl_check": rrl_check, "comparison": comparison, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
+    parts = {"rrl_check": rrl_check,
+             "comparison": lambda *a: comparison(*a, env_names=args.env), "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
              "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import glob
 import hashlib
 import inspect
 import json
@@ -206,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
                                  default=argparse.SUPPRESS, metavar={"tuple[int, ...]": "N"}.get(f.type, f.type.upper()),
                                  help=docs.get(f.name, ""), **kind)
     return parser
+
+
+CONFIG_DEFAULTS = {"episodes": None, "test_variant": "default", "mesa_variant": "paper", "test_fraction": 1.0,
+                   "scale_inputs": True, "hidden": None}
+
+
+def config_name(args: argparse.Namespace) -> str:
+    """The folder of one configuration under --out: the preset, then every setting that differs
+    from it, e.g. "quick", "quick_episodes-50_recovery.eps_risk-0.5"; a hash where that is long.
+    Two configurations never share a folder, so no run replaces another's results."""
+    changed = {k: getattr(args, k) for k, default in CONFIG_DEFAULTS.items() if getattr(args, k) != default}
+    changed.update({k: v for k, v in vars(args).items() if "." in k})
+    parts = [f"{k.replace('_', '-')}-{','.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in sorted(changed.items())]
+    name = "_".join([args.preset, *parts])
+    if len(name) > 80 or not all(c.isalnum() or c in "._-," for c in name):
+        name = f"{args.preset}_{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+    return name
 
 
 def progress_mode(show: bool, workers: int) -> str:
@@ -411,6 +430,23 @@ def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
     return agent, safety
 
 
+def cached_offline_phases(job: Job, key: str) -> dict | None:
+    """The saved Phases 1-2 (phase2.pt) with this key: the run's own, or the same run's in another
+    configuration folder beside it (e.g. one that changed only eps_risk or the episodes), copied in."""
+    own = os.path.join(job.folder, "phase2.pt")
+    siblings = sorted(glob.glob(os.path.join(os.path.dirname(job.out), "*", job.env, job.method,
+                                             f"seed{job.seed}", "phase2.pt")))
+    for path in [own, *siblings]:
+        if os.path.exists(path):
+            state = torch.load(path, weights_only=True)
+            if state["key"] == key:
+                if path != own:
+                    os.makedirs(job.folder, exist_ok=True)
+                    save_checkpoint(state, own)
+                return state
+    return None
+
+
 def run_one(job: Job) -> dict:
     """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
     t_start = time.perf_counter()
@@ -419,8 +455,8 @@ def run_one(job: Job) -> dict:
     info = {"timings": {}, "critic": {}}
     if safety is not None:
         cache, key = os.path.join(job.folder, "phase2.pt"), job.key(phase3=False)
-        state = torch.load(cache, weights_only=True) if os.path.exists(cache) else None
-        if state is not None and state["key"] == key:
+        state = cached_offline_phases(job, key)
+        if state is not None:
             safety.load_state_dict(state["safety"])
             info = {"timings": state["timings"], "critic": state["critic"], "phase2_cached": True}
         else:
@@ -551,6 +587,8 @@ def main(argv=None) -> None:
         overrides = {"sac.hidden": tuple(args.hidden), "recovery.hidden": tuple(args.hidden), **overrides}
     threads = args.threads or 1
     torch.set_num_threads(threads)
+    out = os.path.join(args.out, config_name(args))
+    print(f"configuration folder: {out}", flush=True)
 
     jobs = []   # seed by seed, so that an interrupted run leaves every method with as many seeds
     for env in env_names:
@@ -560,7 +598,7 @@ def main(argv=None) -> None:
                     hp, episodes = job_config(env, m, args.preset, args.mesa_variant, overrides)
                 except ValueError as e:
                     parser.error(str(e))
-                jobs.append(Job(env, m, s, args.preset, hp, args.episodes or episodes, args.out, args.data_root,
+                jobs.append(Job(env, m, s, args.preset, hp, args.episodes or episodes, out, args.data_root,
                                 args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
                                 args.scale_inputs))
     try:   # datasets before the workers start: no two processes ever generate the same file
@@ -579,10 +617,10 @@ def main(argv=None) -> None:
     try:
         run_jobs(todo, args.workers, threads)
     except KeyboardInterrupt:
-        parser.exit(130, f"interrupted: finished runs are kept under {args.out}/; run the same command "
+        parser.exit(130, f"interrupted: finished runs are kept under {out}/; run the same command "
                          "again to resume (finished runs are skipped, cached Phases 1-2 reused)\n")
     for env in env_names:
-        env_dir = os.path.join(args.out, env)
+        env_dir = os.path.join(out, env)
         # every method with finished runs of these seeds, not only this command's: nothing drops out
         print(f"\n{report.summarise(env_dir, env, METHODS, seeds, envs.HAS_SUCCESS[env], args.preset)}")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")

@@ -24,6 +24,11 @@ def smoke(out, data_root, *extra):
               "--out", str(out), "--data-root", str(data_root), *extra])
 
 
+def config_dir(out, *extra):
+    """The configuration folder run.py writes under --out for the smoke preset and these options."""
+    return out / run.config_name(run.build_parser().parse_args(["--preset", "smoke", *extra]))
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
@@ -39,10 +44,10 @@ def sweep(tmp_path_factory, data_root):
 def test_smoke_sweep_writes_every_file(sweep):
     for env in ENVS:
         for name in ("summary.md", "cumulative_violations.png", "learning_curve.png"):
-            assert os.path.getsize(sweep / env / name) > 0
-        summary = (sweep / env / "summary.md").read_text()
+            assert os.path.getsize(sweep / "smoke" / env / name) > 0
+        summary = (sweep / "smoke" / env / "summary.md").read_text()
         for method in run.METHODS:
-            folder = sweep / env / method / "seed0"
+            folder = sweep / "smoke" / env / method / "seed0"
             with open(folder / "episodes.csv") as f:
                 rows = list(csv.DictReader(f))
             assert tuple(rows[0]) == report.COLUMNS
@@ -69,7 +74,7 @@ def test_smoke_sweep_writes_every_file(sweep):
 
 
 def test_rerun_skips_finished_runs(sweep, data_root, capsys):
-    csv_path = sweep / "navigation1" / "mesa" / "seed0" / "episodes.csv"
+    csv_path = sweep / "smoke" / "navigation1" / "mesa" / "seed0" / "episodes.csv"
     before = os.stat(csv_path).st_mtime_ns
     smoke(sweep, data_root, "--env", "navigation1")
     out = capsys.readouterr().out
@@ -79,11 +84,14 @@ def test_rerun_skips_finished_runs(sweep, data_root, capsys):
 
 def test_changed_config_reruns_and_reuses_cached_phase2(sweep, data_root, capsys):
     """More Phase-3 episodes change the run key (rerun) but not the Phase-2 key (cache hit)."""
+    before = (sweep / "smoke" / "navigation1" / "rrl" / "seed0" / "episodes.csv").read_text()
     smoke(sweep, data_root, "--env", "navigation1", "--methods", "rrl", "--episodes", "3")
     assert "done navigation1/rrl/seed0" in capsys.readouterr().out
-    folder = sweep / "navigation1" / "rrl" / "seed0"
+    folder = config_dir(sweep, "--episodes", "3") / "navigation1" / "rrl" / "seed0"
+    assert folder.parent.parent.parent.name == "smoke_episodes-3"
     assert json.loads((folder / "metrics.json").read_text())["phase2_cached"] is True
     assert len((folder / "episodes.csv").read_text().splitlines()) == 1 + 3
+    assert (sweep / "smoke" / "navigation1" / "rrl" / "seed0" / "episodes.csv").read_text() == before
 
 
 def test_same_seed_reproduces_episodes_with_and_without_cache(tmp_path, data_root):
@@ -92,12 +100,14 @@ def test_same_seed_reproduces_episodes_with_and_without_cache(tmp_path, data_roo
     No random warm-up and a filter that never fires: every action is a sample of the task policy,
     so any change of the random state shows in the returns.
     """
+    options = ("--sac-start-steps", "0", "--recovery-eps-risk", "1.0")
     for out, episodes in (("a", "3"), ("a", "4"), ("b", "4")):
         smoke(tmp_path / out, data_root, "--env", "navigation1", "--methods", "mesa", "unconstrained",
-              "--episodes", episodes, "--sac-start-steps", "0", "--recovery-eps-risk", "1.0")
-    assert json.loads((tmp_path / "a/navigation1/mesa/seed0/metrics.json").read_text())["phase2_cached"]
+              "--episodes", episodes, *options)
+    a_dir, b_dir = (config_dir(tmp_path / out, "--episodes", "4", *options) for out in ("a", "b"))
+    assert json.loads((a_dir / "navigation1/mesa/seed0/metrics.json").read_text())["phase2_cached"]
     for method in ("mesa", "unconstrained"):
-        a, b = (tmp_path / out / "navigation1" / method / "seed0" / "episodes.csv" for out in ("a", "b"))
+        a, b = (d / "navigation1" / method / "seed0" / "episodes.csv" for d in (a_dir, b_dir))
         assert a.read_text() == b.read_text()
 
 
@@ -105,7 +115,7 @@ def test_workers_run_jobs_in_parallel_processes(tmp_path, data_root):
     smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "rrl", "--seeds", "0,1",
           "--workers", "2")
     for seed in (0, 1):
-        assert (tmp_path / "navigation1" / "rrl" / f"seed{seed}" / "episodes.csv").exists()
+        assert (tmp_path / "smoke" / "navigation1" / "rrl" / f"seed{seed}" / "episodes.csv").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -235,7 +245,7 @@ def test_default_configurations_keep_their_run_keys():
 def test_mesa_variant_authors_end_to_end(tmp_path, data_root):
     smoke(tmp_path, data_root, "--env", "cartpole", "--methods", "mesa,multitask", "--mesa-variant", "authors")
     for method in ("mesa", "multitask"):
-        folder = tmp_path / "cartpole" / method / "seed0"
+        folder = config_dir(tmp_path, "--mesa-variant", "authors") / "cartpole" / method / "seed0"
         hp = json.loads((folder / "config.json").read_text())["hyperparameters"]
         assert hp["meta"]["learn_inner_lr"] == (method == "mesa") and hp["multitask"]["phase2_with_train"] == (method == "multitask")
         q_risk = torch.load(folder / "final.pt", weights_only=True)["safety"]["q_risk"]
@@ -281,11 +291,11 @@ def test_onpolicy_auroc_on_a_constructed_buffer():
 
 
 def test_summary_json_has_every_field(sweep):
-    summary = json.loads((sweep / "navigation1" / "summary.json").read_text())
+    summary = json.loads((sweep / "smoke" / "navigation1" / "summary.json").read_text())
     assert summary["env"] == "navigation1" and summary["preset"] == "smoke"
     assert set(summary["methods"]) == set(run.METHODS)
     for name, s in summary["methods"].items():
-        rows = report.read_episodes(str(sweep / "navigation1" / name / "seed0" / "episodes.csv"))
+        rows = report.read_episodes(str(sweep / "smoke" / "navigation1" / name / "seed0" / "episodes.csv"))
         assert s["seeds"] == 1 and s["episodes"] == len(rows["episode"]) >= 2
         assert s["cumulative_violations"] == rows["cumulative_violations"][-1]
         for key in ("cumulative_violations", "violation_rate", "final_success", "final_return"):
@@ -301,8 +311,8 @@ def test_summary_json_has_every_field(sweep):
 
 
 def test_rrl_oracle_pretrains_on_its_own_test_environment_data(sweep, data_root):
-    metrics = json.loads((sweep / "navigation1" / "rrl_oracle" / "seed0" / "metrics.json").read_text())
-    config = json.loads((sweep / "navigation1" / "rrl_oracle" / "seed0" / "config.json").read_text())
+    metrics = json.loads((sweep / "smoke" / "navigation1" / "rrl_oracle" / "seed0" / "metrics.json").read_text())
+    config = json.loads((sweep / "smoke" / "navigation1" / "rrl_oracle" / "seed0" / "config.json").read_text())
     assert config["method"] == "rrl_oracle" and "onpolicy_start" in metrics["critic"]
     oracle = datasets.get_oracle("navigation1", "smoke", str(data_root))
     assert len(oracle["rewards"]) == datasets.PRESET_SPECS["smoke"]["navigation1"].n_oracle
@@ -311,9 +321,9 @@ def test_rrl_oracle_pretrains_on_its_own_test_environment_data(sweep, data_root)
 def test_one_torch_thread_per_job_by_default(tmp_path, data_root):
     run.main(["--preset", "smoke", "--seed", "3", "--workers", "1", "--no-progress", "--env", "navigation1",
               "--methods", "unconstrained", "--out", str(tmp_path), "--data-root", str(data_root)])
-    config = json.loads((tmp_path / "navigation1" / "unconstrained" / "seed3" / "config.json").read_text())
+    config = json.loads((tmp_path / "smoke" / "navigation1" / "unconstrained" / "seed3" / "config.json").read_text())
     assert config["torch_threads"] == 1 and config["seed"] == 3
-    assert not (tmp_path / "navigation1" / "unconstrained" / "seed0").exists()
+    assert not (tmp_path / "smoke" / "navigation1" / "unconstrained" / "seed0").exists()
 
 
 def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path, data_root):
@@ -328,14 +338,14 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path, data_root):
     proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(tmp_path.glob("navigation1/*/seed*/episodes.csv")):
+    while time.time() < deadline and not list(tmp_path.glob("smoke/navigation1/*/seed*/episodes.csv")):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     err_lines = [line for line in err.splitlines() if not line.startswith("navigation1/")]  # progress lines
     assert len(err_lines) <= 2 and "interrupted" in err and "Traceback" not in err
-    finished = len(list(tmp_path.glob("navigation1/*/seed*/episodes.csv")))
+    finished = len(list(tmp_path.glob("smoke/navigation1/*/seed*/episodes.csv")))
     assert 1 <= finished < 2 * len(run.METHODS)
     rerun = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and rerun.stdout.count("skipped navigation1/") == finished
