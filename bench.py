@@ -1,4 +1,4 @@
-"""Speed of every hot path, measured beside a straightforward baseline (issue 6).
+"""Speed of every hot path, measured beside a straightforward baseline (docs/performance.md).
 
 Measured in one process: every variant (ours, baseline, the sgemm peak) is timed once per round,
 round-robin, and the median over rounds is reported, so that other jobs on the machine slow all

@@ -1,4 +1,4 @@
-"""Offline datasets of the six MESA environments (SPEC section 8; MESA paper Table 5 and A.3).
+"""Offline datasets of the six MESA environments (MESA paper Table 5 and appendix A.3; docs/datasets.md).
 
 Each environment gets N_train training datasets (one per training task, envs.train_tasks), one
 test dataset D_test (envs.test_task) and one RRL-oracle dataset (test task, the training data's
@@ -87,7 +87,7 @@ def _point_specs(n_train, tests, oracles):
 
 
 # Point envs: the paper's sizes in every preset but smoke; RRL-oracle 20K navigation, 10K maze
-# (Recovery RL's num_unsafe_transitions). SAC replay: see README "Datasets" for the measured times.
+# (Recovery RL's num_unsafe_transitions). SAC replay: docs/datasets.md gives the measured times.
 PRESET_SPECS = {
     "smoke": {**_point_specs(200, (100, 200, 200), (400, 400, 400)),
               "cartpole": CollectSpec(400, 200, 100, 0, 100, 0.25, (16, 16), 16),
@@ -115,7 +115,7 @@ def clipped_normal(rng: np.random.Generator, size: int = 2) -> np.ndarray:
 
 
 def navigation1_plan(rng: np.random.Generator, env) -> Plan:
-    """Inside the corridor near a wall: x ~ U(-80, 50), y ~ U(2, 5) or U(-5, -2) (SPEC section 8)."""
+    """Inside the corridor near a wall: x ~ U(-80, 50), y ~ U(2, 5) or U(-5, -2) (docs/datasets.md)."""
     start = np.array([rng.uniform(-80.0, 50.0), rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0)])
     return start, clipped_normal
 
@@ -302,7 +302,7 @@ def near_obstacle_share(name: str, observations: np.ndarray) -> float:
 
 
 def describe(name: str, data: dict) -> dict:
-    """The counts README "Datasets" reports for one or more datasets of env `name`."""
+    """The counts docs/datasets.md reports for one or more datasets of env `name`."""
     return {"transitions": len(data["rewards"]), "violations": int(data["costs"].sum()),
             "events": violation_events(data),
             "near_obstacle": near_obstacle_share(name, data["observations"])}
@@ -392,7 +392,7 @@ def observation_scale(data: dict) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of a dataset's observations (a constant dimension gets std 1).
 
     run.py standardises every network input with D_test's statistics, for every method alike
-    (README "Design choices": raw navigation coordinates saturate the tanh policies).
+    (docs/design.md: raw navigation coordinates saturate the tanh policies).
     """
     obs = data["observations"].astype(np.float64)
     std = obs.std(0)
@@ -561,7 +561,7 @@ def _row(name: str, label: str, group: list[dict], seconds: float) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Generate (or load and verify) the offline datasets and print what they hold. "
-                    "The locomotion environments run an SAC per task: README 'Datasets' gives the times.")
+                    "The locomotion environments run an SAC per task: docs/datasets.md gives the times.")
     parser.add_argument("--env", default="all", choices=("all",) + envs.ENV_NAMES,
                         help="which environment (default: all)")
     parser.add_argument("--preset", default="quick", choices=PRESETS,

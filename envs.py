@@ -1,4 +1,4 @@
-"""The six MESA environments (SPEC section 7) as gymnasium.Env classes, plus their tasks.
+"""The six MESA environments (docs/environments.md) as gymnasium.Env classes, plus their tasks.
 
 Every env returns the 5-tuple API, puts info["cost"] in {0.0, 1.0} on every step (and in the reset
 info), and takes a `terminate_on_violation` switch: True ends the episode on a violation

@@ -1,7 +1,7 @@
 """MESA (Luo et al. 2021, Algorithm 1): meta-learn the safety critic offline with MAML, adapt it on a
-small dataset from the test environment, then run Recovery RL there (SPEC sections 4-6).
+small dataset from the test environment, then run Recovery RL there (MESA paper Algorithm 1 and section 5).
 
-Phase 1 for each method of SPEC section 5:
+Phase 1 for each method of the paper's section 5:
 - MESA: second-order MAML around L_risk over the training datasets, written by hand:
   psi'_j = psi - alpha1 grad L_risk(psi; B_in_j) through torch.func.functional_call, the meta-loss
   sum_j L_risk(psi'_j; B_out_j), an outer Adam step (lr alpha2), and a pi_rec step on D_test.
@@ -103,7 +103,7 @@ class MultiTaskConfig(FitConfig):
 
 @dataclass
 class Hyperparameters:
-    """Everything a run of one method needs, with the paper's defaults (SPEC section 6)."""
+    """Everything a run of one method needs, with the paper's defaults (MESA paper Tables 1-4)."""
     sac: SACConfig = field(default_factory=SACConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
@@ -120,7 +120,7 @@ NAVIGATION = ("navigation1", "navigation2")
 
 
 def paper_hyperparameters(env: str) -> Hyperparameters:
-    """The per-environment rows of paper Tables 1-4 and the authors' commands (SPEC section 6).
+    """The per-environment rows of paper Tables 1-4 and the authors' commands (MESA paper Tables 1-4).
 
     RRL's Phase 1 is the code's 10000 steps (15000 on Ant, as its command line), not the paper
     table's 2000 on navigation: with tau_risk 2e-4, 2000 steps leave the target network a third of
@@ -275,7 +275,7 @@ def pooled(buffers: list[ReplayBuffer]) -> ReplayBuffer:
 
 def phase1(method: str, safety: Safety, train: list[ReplayBuffer], test: ReplayBuffer, policy: Policy,
            hp: Hyperparameters, seed: int = 0, callback: Callback | None = None) -> None:
-    """Offline pretraining of Q_risk and pi_rec, as each method of SPEC section 5 does it.
+    """Offline pretraining of Q_risk and pi_rec, as each method of the paper's section 5 does it.
 
     test: the method's test-environment data, D_test (for RRL-oracle: its 10-20K transitions).
     """

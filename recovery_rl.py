@@ -1,5 +1,5 @@
 """Recovery RL (Thananjeyan et al., RA-L 2021): the safety critic, the recovery policy, the recovery
-filter and the online loop (SPEC sections 2 and 3; Phase 3 of MESA's Algorithm 1).
+filter and the online loop (Recovery RL paper section IV; Phase 3 of MESA's Algorithm 1).
 
 - Q_risk(s, a) in [0, 1] estimates the discounted probability of a future constraint violation.
   It is trained on y = c + (1 - c) gamma_risk Q_risk_targ(s', a'), a' ~ pi(.|s') (Recovery RL eq. 2,
@@ -33,7 +33,7 @@ TARGET_POLICIES = ("task", "composite")
 
 @dataclass
 class RecoveryConfig:
-    """Safety critic and recovery policy hyperparameters (SPEC sections 2, 3 and 6)."""
+    """Safety critic and recovery policy hyperparameters (Recovery RL paper section IV; MESA paper Tables 1-4)."""
     gamma_risk: float = 0.8      # discount of the violation probability
     eps_risk: float = 0.1        # the filter fires where Q_risk(s, a_task) > eps_risk
     lr: float = 3e-4             # Adam learning rate of Q_risk and pi_rec (Phase 3: the Phase-2 lr)

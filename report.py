@@ -126,14 +126,16 @@ def _curves(runs: list[dict], key: str, window: int = 1) -> tuple[np.ndarray, np
     return np.arange(1, n + 1), stacked.mean(0), se
 
 
-def _figure(path: str, by_method: dict, key: str, ylabel: str, title: str, window: int = 1) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for method, runs in by_method.items():
-        x, mean, se = _curves(runs, key, window)
-        ax.plot(x, mean, color=COLOURS.get(method), label=f"{LABELS.get(method, method)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-        ax.fill_between(x, mean - se, mean + se, color=COLOURS.get(method), alpha=0.25, linewidth=0)
-    ax.set(xlabel="Episode", ylabel=ylabel, title=title)
-    ax.legend(frameon=False)
+def _figure(path: str, by_method: dict, panels: list[tuple[str, str]], title: str, window: int = 1) -> None:
+    """One panel per (episodes.csv column, y label), side by side; mean ± s.e. over each method's seeds."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, ylabel) in zip(axes[0], panels):
+        for method, runs in by_method.items():
+            x, mean, se = _curves(runs, key, window)
+            ax.plot(x, mean, color=COLOURS.get(method), label=f"{LABELS.get(method, method)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+            ax.fill_between(x, mean - se, mean + se, color=COLOURS.get(method), alpha=0.25, linewidth=0)
+        ax.set(xlabel="Episode", ylabel=ylabel, title=title)
+    axes[0][0].legend(frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -224,10 +226,9 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
     write_json(os.path.join(env_dir, "summary.json"), {"env": env, "preset": preset, "methods": summary})
     if by_method:
         title = f"{TITLES.get(env, env)} (mean ± s.e. over seeds)"
-        _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method, "cumulative_violations",
-                "Cumulative violations", title)
+        _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method,
+                [("cumulative_violations", "Cumulative violations")], title)
         n = min(len(r["episode"]) for runs in by_method.values() for r in runs)
-        key, name = ("success", "Success rate (running mean)") if has_success else ("return", "Return (running mean)")
-        _figure(os.path.join(env_dir, "learning_curve.png"), by_method, key, name, title,
-                window=max(1, n // 20))
+        panels = [("success", "Success rate (running mean)")] * has_success + [("return", "Return (running mean)")]
+        _figure(os.path.join(env_dir, "learning_curve.png"), by_method, panels, title, window=max(1, n // 20))
     return table

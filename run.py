@@ -3,7 +3,7 @@
     python run.py                      # quick comparison of the four methods on navigation1
     python run.py --env maze,cartpole --seeds 3 --preset quick --workers 2
 
-For each (env, method, seed) job (SPEC sections 4-5):
+For each (env, method, seed) job (MESA paper Algorithm 1 and section 5):
   1. set_seed(seed); a fresh SAC agent; its policy at initialisation gives the Bellman targets of
      Phases 1-2 (recovery_rl docstring).
   2. Phase 1 (mesa.phase1) on the training datasets (MESA, Multi-Task), D_test (RRL) or the
@@ -14,11 +14,12 @@ For each (env, method, seed) job (SPEC sections 4-5):
   3. Reseed, then Phase 3 (recovery_rl.learn_online) in the test environment. The safety buffer
      starts as the method's test-environment data (D_test; RRL-oracle: its own). Afterwards the
      critic Phase 3 started from and the final one are scored on the transitions Phase 3 visited.
-Outputs: <out>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt, episodes.csv} and
-<out>/<env>/{summary.md, cumulative_violations.png, learning_curve.png}. episodes.csv is written
-last and marks a finished run; a rerun with the same configuration skips it.
+Outputs, in one folder per configuration (config_name: the preset and the settings that differ):
+<out>/<config>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt, final.pt, episodes.csv}
+and <out>/<config>/<env>/{summary.md, summary.json, cumulative_violations.png, learning_curve.png}.
+episodes.csv is written last and marks a finished run; a rerun with the same configuration skips it.
 
-Presets: `paper` is the paper's and the authors' settings (SPEC sections 6 and 8; Phase-3 episodes
+Presets: `paper` is the paper's and the authors' settings (MESA paper Tables 1-4 and 5; Phase-3 episodes
 from the authors' command lines); `quick` keeps them but with 2 x 128 networks, batches of 128 and
 fewer Phase-3 episodes on Cartpole and the runners (README, "Running"); `smoke` runs every phase in
 seconds, for tests. `--mesa-variant authors` runs MESA as its authors' code did, on top of any preset
@@ -156,7 +157,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        description="Run MESA, Multi-Task, RRL and Unconstrained SAC end to end (README, Running). "
+        description="Run MESA and the methods it is compared with, end to end (README: Running). "
                     "Every hyperparameter option left unset takes the preset's value.")
     parser.add_argument("--env", nargs="+", default=["navigation1"],
                         help=f"environments, comma or space separated, or 'all': {', '.join(envs.ENV_NAMES)} "
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "those seeds (default: 2, i.e. seeds 0 and 1)")
     parser.add_argument("--seed", type=int, default=None, help="one seed K (overrides --seeds)")
     parser.add_argument("--preset", choices=datasets.PRESETS, default="quick",
-                        help="sizes: paper (SPEC), quick (2-core CPU, the default), smoke (seconds, tests)")
+                        help="sizes: paper (the paper's), quick (2-core CPU, the default), smoke (seconds, tests)")
     parser.add_argument("--out", default="runs", help="output folder (default: %(default)s, git-ignored; only "
                                                       "paper.py writes results/)")
     parser.add_argument("--data-root", default="data", help="dataset cache folder (default: %(default)s)")
@@ -406,7 +407,7 @@ def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
 
     D_test is cut to job.test_fraction; RRL-oracle gets its own data instead. With job.scale_inputs
     every observation, offline and online, is standardised with the statistics of that D_test, for
-    every method alike (README "Design choices").
+    every method alike (docs/design.md).
     """
     train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
     test = datasets.head(test, job.test_fraction)

@@ -1,4 +1,4 @@
-"""Soft Actor-Critic, the task policy of Recovery RL and MESA (SPEC section 3).
+"""Soft Actor-Critic, the task policy of Recovery RL and MESA (Recovery RL paper section IV).
 
 Implements SAC as in Haarnoja et al. 2018 ("Soft Actor-Critic Algorithms and Applications"):
 a squashed-Gaussian actor with the tanh change-of-variables correction, twin Q critics with
@@ -53,7 +53,7 @@ FIELDS = ("observations", "actions", "rewards", "costs", "next_observations", "t
 
 
 class ReplayBuffer:
-    """Preallocated ring buffer of numpy arrays with the D4RL/DSRL field names (SPEC section 8).
+    """Preallocated ring buffer of numpy arrays with the D4RL/DSRL field names (docs/datasets.md).
 
     `sample` returns torch tensors under short names that mirror the equations:
     obs, act, rew, cost, next_obs, done (1.0 where the episode terminated, not merely timed out).
@@ -232,7 +232,7 @@ def alpha_loss(log_alpha, log_pi, target_entropy: float) -> torch.Tensor:
 
 @dataclass
 class SACConfig:
-    """SAC hyperparameters (SPEC section 3; MESA paper Table 4)."""
+    """SAC hyperparameters (MESA paper Table 4)."""
     gamma: float = 0.99          # discount of the task reward
     tau: float = 0.005           # Polyak rate of the critic targets
     lr: float = 3e-4             # Adam learning rate of actor, critics and alpha

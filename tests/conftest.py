@@ -39,7 +39,7 @@ def line_env():
 
 
 def random_dataset(n, obs_dim, act_dim, violation_rate=0.1, seed=0):
-    """Arrays in the dataset format (SPEC section 8) with random content."""
+    """Arrays in the dataset format (docs/datasets.md) with random content."""
     rng = np.random.default_rng(seed)
     return {
         "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),

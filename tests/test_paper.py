@@ -92,7 +92,7 @@ def test_corrupt_dataset_ends_paper_py_with_one_line(tmp_path, capsys):
 
 
 def test_rrl_check_is_recovery_rls_setting(tmp_path):
-    """SPEC section 10: RRL with 20K / 10K test-environment transitions and Unconstrained SAC, the
+    """The Recovery RL check (docs/results.md): RRL with 20K / 10K test-environment transitions and Unconstrained SAC, the
     Recovery RL scripts' gamma_risk / eps_risk / pos_fraction, episodes ending within 4 of the goal."""
     jobs = paper.rrl_check_jobs(str(tmp_path), "quick", "data")
     assert {j.preset for j in jobs} == {"paper"} and {j.method for j in jobs} == {"rrl_oracle", "unconstrained"}

@@ -154,7 +154,7 @@ def test_set_seed_makes_actions_reproducible():
 def test_sac_learns_pendulum():
     """A random policy scores about -1200 on Pendulum-v1; 5000 steps of SAC reach better than -800.
 
-    (The full-size check, `python sac.py`, is reported in the README.)"""
+    (The full-size check, `python sac.py`, is reported in docs/testing.md.)"""
     score = learn_gym_task("Pendulum-v1", steps=5000, seed=0,
                            cfg=SACConfig(hidden=(64, 64), batch_size=128), eval_episodes=5)
     assert score > -800, score
