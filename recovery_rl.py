@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sac import SAC, QNetwork, ReplayBuffer, frozen_copy, mlp, polyak_update, require
+from sac import (SAC, QNetwork, ReplayBuffer, frozen_copy, global_rng_state, mlp, polyak_update, require,
+                 set_global_rng_state)
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
 TARGET_POLICIES = ("task", "composite")
@@ -229,30 +230,81 @@ def phase3_safety_buffer(env, n_episodes: int, seed: int, offline: dict[str, np.
     return ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], capacity, seed=seed + 1)
 
 
+@dataclass
+class Phase3Progress:
+    """Where Phase 3 stands between two episodes: with the networks and the random states, all
+    that is needed to continue it exactly (run.py checkpoints it)."""
+    episode: int                          # episodes finished
+    env_step: int                         # environment steps taken
+    task_buffer: ReplayBuffer
+    safety_buffer: ReplayBuffer | None    # None for Unconstrained SAC
+
+    @classmethod
+    def start(cls, env, safety: Safety | None, n_episodes: int, seed: int,
+              offline: dict[str, np.ndarray] | None = None, safety_buffer: ReplayBuffer | None = None):
+        """Episode 0: an empty task buffer; the safety buffer given, or one that starts as the offline data."""
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        task_buffer = ReplayBuffer(obs_dim, act_dim, n_episodes * env.spec.max_episode_steps, seed=seed)
+        if safety is not None and safety_buffer is None:
+            safety_buffer = phase3_safety_buffer(env, n_episodes, seed, offline)
+        return cls(0, 0, task_buffer, safety_buffer if safety is not None else None)
+
+
 def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: int,
-                 offline: dict[str, np.ndarray] | None = None, safety_buffer: ReplayBuffer | None = None
-                 ) -> Iterator[dict]:
+                 offline: dict[str, np.ndarray] | None = None, safety_buffer: ReplayBuffer | None = None,
+                 progress: Phase3Progress | None = None) -> Iterator[dict]:
     """Phase 3: run n_episodes of Recovery RL (or Unconstrained SAC when safety is None).
 
     The safety buffer is `safety_buffer` if given (phase3_safety_buffer), else one that starts as
-    the offline data. Yields one metrics dict per finished episode:
+    the offline data. `progress` continues a run from a checkpoint; it is updated after every
+    episode. Yields one metrics dict per finished episode:
     return, length, violation (0/1), success (0/1, or nan where undefined), recovery_fraction.
     """
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    task_buffer = ReplayBuffer(obs_dim, act_dim, n_episodes * env.spec.max_episode_steps, seed=seed)
-    if safety is not None and safety_buffer is None:
-        safety_buffer = phase3_safety_buffer(env, n_episodes, seed, offline)
-    env.action_space.seed(seed)
-    env_step = 0
-    for episode in range(n_episodes):
+    if progress is None:
+        progress = Phase3Progress.start(env, safety, n_episodes, seed, offline, safety_buffer)
+    if progress.episode == 0:
+        env.action_space.seed(seed)
+    env_step = progress.env_step
+    for episode in range(progress.episode, n_episodes):
         obs, info = env.reset(seed=seed if episode == 0 else None)
         ret, length, violated, recoveries, done = 0.0, 0, False, 0, False
         while not done:
             obs, reward, cost, terminated, truncated, info, fired = phase3_step(
-                env, obs, agent, safety, task_buffer, safety_buffer, env_step)
+                env, obs, agent, safety, progress.task_buffer, progress.safety_buffer, env_step)
             ret, length, env_step = ret + reward, length + 1, env_step + 1
             violated, recoveries = violated or cost > 0, recoveries + fired
             done = terminated or truncated
+        progress.episode, progress.env_step = episode + 1, env_step
         yield {"episode": episode, "env_steps": env_step, "return": ret, "length": length,
                "violation": int(violated), "success": float(info.get("success", np.nan)),
                "recovery_fraction": recoveries / length}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def phase3_checkpoint(env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> dict:
+    """Everything Phase 3 needs to continue exactly after progress.episode episodes: the networks
+    with their targets and optimizers, both buffers, and every random state (global, SAC's, the
+    buffers', the environment's and its action space's)."""
+    return {"episode": progress.episode, "env_step": progress.env_step,
+            "sac": agent.state_dict(), "sac_rng": agent.rng.bit_generator.state,
+            "safety": safety.state_dict() if safety is not None else None,
+            "task_buffer": progress.task_buffer.state_dict(),
+            "safety_buffer": progress.safety_buffer.state_dict() if progress.safety_buffer is not None else None,
+            "rng": global_rng_state(), "env_rng": env.unwrapped.np_random.bit_generator.state,
+            "action_rng": env.action_space.np_random.bit_generator.state}
+
+
+def restore_phase3(state: dict, env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> None:
+    """Load a phase3_checkpoint into freshly built objects of the same run (progress from
+    Phase3Progress.start), so that learn_online(progress=progress) continues where it stopped."""
+    agent.load_state_dict(state["sac"])
+    agent.rng.bit_generator.state = state["sac_rng"]
+    if safety is not None:
+        safety.load_state_dict(state["safety"])
+        progress.safety_buffer.load_state_dict(state["safety_buffer"])
+    progress.task_buffer.load_state_dict(state["task_buffer"])
+    progress.episode, progress.env_step = state["episode"], state["env_step"]
+    env.unwrapped.np_random.bit_generator.state = state["env_rng"]
+    env.action_space.np_random.bit_generator.state = state["action_rng"]
+    set_global_rng_state(state["rng"])

@@ -54,7 +54,8 @@ import envs
 import mesa
 import report
 from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig
-from recovery_rl import RecoveryConfig, Safety, learn_online, phase3_safety_buffer, safety_critic_loss
+from recovery_rl import (Phase3Progress, RecoveryConfig, Safety, learn_online, phase3_checkpoint, restore_phase3,
+                         safety_critic_loss)
 from sac import SAC, ReplayBuffer, SACConfig, atomic_write, save_checkpoint, set_seed
 
 DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
@@ -63,6 +64,10 @@ HELDOUT_SIZE = {"smoke": 200, "quick": 5000, "paper": 10000}
 MUJOCO = ("halfcheetah", "ant")
 # Phase-3 episodes of the paper preset: the authors' command lines (mesa_exps.txt; Maze:
 # Recovery RL's scripts/maze.sh). Quick: the same on the point envs, fewer on the others.
+# Phase-3 checkpoints (phase3.pt) every this many episodes: a few minutes of a run apart, so that
+# writing one (the buffers dominate: about 200 MB for a paper-size HalfCheetah run) costs under 1%.
+CHECKPOINT_EVERY = {"navigation1": 50, "navigation2": 50, "maze": 50, "cartpole": 20, "halfcheetah": 5, "ant": 5}
+
 PAPER_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 400,
                   "halfcheetah": 500, "ant": 1000}
 QUICK_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 200,
@@ -193,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "Explicit hyperparameter options win")
     parser.add_argument("--hidden", type=int, nargs="+", default=None,
                         help="hidden widths of every network (sets --sac-hidden and --recovery-hidden)")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="Phase-3 checkpoint (phase3.pt) every N episodes; an interrupted run resumes "
+                             "from it (default: per environment, minutes apart)")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep phase3.pt after a run finishes")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress per phase: tqdm bars with one worker, a line every 30 s per job with "
                              "several (default: on)")
@@ -274,6 +283,8 @@ class Job:
     scale_inputs: bool = True    # standardise observations with D_test's statistics
     env_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {"goal_radius": 4.0}
     oracle_variant: str = "mesa"  # RRL-oracle's generator ("rrl": Recovery RL's Navigation 2)
+    checkpoint_every: int = 0    # Phase-3 checkpoint every this many episodes (0: CHECKPOINT_EVERY[env])
+    keep_checkpoint: bool = False  # keep phase3.pt after the run finishes
 
     @property
     def folder(self) -> str:
@@ -468,26 +479,54 @@ def run_one(job: Job) -> dict:
 
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
     start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None
-    safety_buffer = phase3_safety_buffer(env, job.episodes, job.seed, test) if safety is not None else None
-    rows, t0 = [], time.perf_counter()
+    progress = Phase3Progress.start(env, safety, job.episodes, job.seed, test)
+    rows, seconds_before = resume_phase3(job, env, agent, safety, progress)
+    if rows:
+        start_state = torch.load(checkpoint_path(job), weights_only=True)["start_state"]
+    t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
     with progress_bar(job, "phase3", job.episodes) as bar:
-        for row in learn_online(env, agent, safety, job.episodes, job.seed, safety_buffer=safety_buffer):
+        bar.update(len(rows))
+        for row in learn_online(env, agent, safety, job.episodes, job.seed, progress=progress):
             rows.append(row)
             bar.update(1)
             bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
+            if progress.episode % every == 0 and progress.episode < job.episodes:
+                save_checkpoint({"key": job.key(), "rows": rows, "start_state": start_state,
+                                 "seconds": seconds_before + time.perf_counter() - t0,
+                                 **phase3_checkpoint(env, agent, safety, progress)}, checkpoint_path(job))
     env.close()
-    info["timings"]["phase3"] = time.perf_counter() - t0
+    info["timings"]["phase3"] = seconds_before + time.perf_counter() - t0
     if safety is not None:       # the buffer's rows after the offline data: what Phase 3 visited
-        visited = {k: v[len(test["rewards"]):] for k, v in safety_buffer.arrays().items()}
+        visited = {k: v[len(test["rewards"]):] for k, v in progress.safety_buffer.arrays().items()}
         info["critic"].update(onpolicy_quality(safety, start_state, visited, agent.policy))
     save_checkpoint({"key": job.key(), "sac": agent.state_dict(),
                      "safety": safety.state_dict() if safety is not None else None},
                     os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)
     info["timings"]["total"] = time.perf_counter() - t_start
     write_run(job, info, rows)
+    if os.path.exists(checkpoint_path(job)) and not job.keep_checkpoint:
+        os.remove(checkpoint_path(job))
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
             "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
             "seconds": info["timings"]["total"]}
+
+
+def checkpoint_path(job: Job) -> str:
+    return os.path.join(job.folder, "phase3.pt")
+
+
+def resume_phase3(job: Job, env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> tuple[list, float]:
+    """(episode rows so far, Phase-3 seconds so far) of this run's checkpoint, restored into the
+    fresh objects; ([], 0) where there is none or it belongs to another configuration."""
+    path = checkpoint_path(job)
+    if not os.path.exists(path):
+        return [], 0.0
+    state = torch.load(path, weights_only=True)
+    if state["key"] != job.key():
+        return [], 0.0
+    restore_phase3(state, env, agent, safety, progress)
+    print(f"resumed {job.env}/{job.method}/seed{job.seed} at episode {progress.episode}", flush=True)
+    return state["rows"], state["seconds"]
 
 
 def onpolicy_quality(safety: Safety, start_state: dict, visited: dict, policy) -> dict:
@@ -579,6 +618,8 @@ def main(argv=None) -> None:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--workers and --threads must be >= 1")
+    if args.checkpoint_every < 0:
+        parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.episodes is not None and args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     if not 0 < args.test_fraction <= 1:
@@ -601,7 +642,8 @@ def main(argv=None) -> None:
                     parser.error(str(e))
                 jobs.append(Job(env, m, s, args.preset, hp, args.episodes or episodes, out, args.data_root,
                                 args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
-                                args.scale_inputs))
+                                args.scale_inputs, checkpoint_every=args.checkpoint_every,
+                                keep_checkpoint=args.keep_checkpoints))
     try:   # datasets before the workers start: no two processes ever generate the same file
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)

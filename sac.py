@@ -31,6 +31,21 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def global_rng_state() -> dict:
+    """Python's, numpy's global and torch's random states, in types torch.load(weights_only=True) reads."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss)}
+
+
+def set_global_rng_state(state: dict) -> None:
+    """Restore what global_rng_state returned."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
 def require(condition: bool, message: str) -> None:
     """Refuse a nonsense setting with a one-line message (config dataclasses call this)."""
     if not condition:
@@ -134,6 +149,20 @@ class ReplayBuffer:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         return self.batch(self.rng.integers(0, self.size, size=batch_size))
+
+    def state_dict(self) -> dict:
+        """The stored rows, the write position and the sampling generator (for checkpoints)."""
+        return {"data": {k: torch.from_numpy(v[: self.size].copy()) for k, v in self.data.items()},
+                "size": self.size, "ptr": self.ptr, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        n = state["size"]
+        if n > self.capacity:
+            raise ValueError(f"a checkpoint of {n} transitions does not fit a buffer of {self.capacity}")
+        for key, value in state["data"].items():
+            self.data[key][:n] = value.numpy()
+        self.size, self.ptr, self._violations = n, state["ptr"], None
+        self.rng.bit_generator.state = state["rng"]
 
 
 # ----------------------------------------------------------------------------- networks

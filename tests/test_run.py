@@ -14,6 +14,7 @@ import torch
 import datasets
 import report
 import run
+import sac as sac_module
 from recovery_rl import RecoveryConfig, Safety
 
 ENVS = ("navigation1", "cartpole")
@@ -349,3 +350,32 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path, data_root):
     assert 1 <= finished < 2 * len(run.METHODS)
     rerun = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and rerun.stdout.count("skipped navigation1/") == finished
+
+
+@pytest.mark.parametrize("method", ["mesa", "unconstrained"])
+def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeypatch, capsys, method):
+    """A run stopped right after its second checkpoint (episode 4 of 7) and rerun continues from it
+    and writes the same episodes.csv as an uninterrupted run; the checkpoint is then removed."""
+    options = ("--env", "navigation1", "--methods", method, "--episodes", "7", "--checkpoint-every", "2",
+               "--sac-start-steps", "5")
+    smoke(tmp_path / "whole", data_root, *options)
+    saved = []
+
+    def save_then_stop(state, path):
+        sac_module.save_checkpoint(state, path)
+        saved.append(state.get("episode"))
+        if str(path).endswith("phase3.pt") and state["episode"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "save_checkpoint", save_then_stop)
+    with pytest.raises(SystemExit):
+        smoke(tmp_path / "cut", data_root, *options)
+    monkeypatch.undo()
+    folder = config_dir(tmp_path / "cut", *options[4:]) / "navigation1" / method / "seed0"
+    assert (folder / "phase3.pt").exists() and not (folder / "episodes.csv").exists()
+    capsys.readouterr()
+    smoke(tmp_path / "cut", data_root, *options)
+    assert f"resumed navigation1/{method}/seed0 at episode 4" in capsys.readouterr().out
+    whole = config_dir(tmp_path / "whole", *options[4:]) / "navigation1" / method / "seed0"
+    assert (folder / "episodes.csv").read_text() == (whole / "episodes.csv").read_text()
+    assert not (folder / "phase3.pt").exists()
