@@ -427,9 +427,18 @@ def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
     env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant), **job.env_kwargs)
     if not job.scale_inputs:
         return train, own, env, lambda data: data
-    mean, std = datasets.observation_scale(test)
+    mean, std = observation_statistics(job)
     scale = lambda data: datasets.scaled(data, mean, std)   # noqa: E731
     return [scale(d) for d in train], scale(own), envs.scaled_observations(env, mean, std), scale
+
+
+def observation_statistics(job: Job) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and std of D_test's observations (its first test_fraction), which standardise every
+    input of the job's networks; None where the job feeds raw observations."""
+    if not job.scale_inputs:
+        return None
+    _, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
+    return datasets.observation_scale(datasets.head(test, job.test_fraction))
 
 
 def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
@@ -499,8 +508,10 @@ def run_one(job: Job) -> dict:
     if safety is not None:       # the buffer's rows after the offline data: what Phase 3 visited
         visited = {k: v[len(test["rewards"]):] for k, v in progress.safety_buffer.arrays().items()}
         info["critic"].update(onpolicy_quality(safety, start_state, visited, agent.policy))
+    stats = observation_statistics(job)
     save_checkpoint({"key": job.key(), "sac": agent.state_dict(),
-                     "safety": safety.state_dict() if safety is not None else None},
+                     "safety": safety.state_dict() if safety is not None else None,
+                     "obs_scale": None if stats is None else tuple(torch.from_numpy(s) for s in stats)},
                     os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)
     info["timings"]["total"] = time.perf_counter() - t_start
     write_run(job, info, rows)
@@ -554,6 +565,8 @@ def write_run(job: Job, info: dict, rows: list[dict]) -> None:
     config = {"env": job.env, "method": job.method, "seed": job.seed, "preset": job.preset,
               "episodes": job.episodes, "test_variant": job.test_variant, "data_seed": DATA_SEED,
               "data_root": job.data_root, "hyperparameters": dataclasses.asdict(job.hp),
+              "env_kwargs": job.env_kwargs, "test_fraction": job.test_fraction, "scale_inputs": job.scale_inputs,
+              "oracle_variant": job.oracle_variant,
               "phase2_lr": job.hp.phase2_lr(job.method), "run_key": job.key(), "torch_threads":
               torch.get_num_threads(), "versions": versions(), "command": sys.argv}
     report.write_json(os.path.join(job.folder, "config.json"), config)

@@ -1,0 +1,222 @@
+"""Watch a finished run's saved agent (final.pt) in the test environment.
+
+    python3 evaluate.py runs/quick/navigation1/mesa/seed0                 # 10 episodes, filter on and off
+    python3 evaluate.py RUN_DIR --episodes 20 --picture trajectories.png  # Navigation, Maze: paths drawn
+    MUJOCO_GL=egl python3 evaluate.py RUN_DIR --video run.gif             # Cartpole, HalfCheetah, Ant
+
+Episodes are deterministic: the task policy acts with its mean action, and (filter on) pi_rec
+replaces it wherever Q_risk of the proposal exceeds eps_risk, exactly as in Phase 3. Printed per
+mode: mean return, violating episodes, successes, the share of steps pi_rec acted. The picture
+draws each episode's path over the obstacles, with Q_risk of the task policy's action as the
+background; the video needs an OpenGL backend for MuJoCo's offscreen renderer (MUJOCO_GL=egl or
+osmesa) and says so in one line where there is none.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+import envs  # noqa: E402
+import run  # noqa: E402
+from recovery_rl import RecoveryConfig, Safety  # noqa: E402
+from sac import SAC, SACConfig  # noqa: E402
+
+POINT_ENVS = ("navigation1", "navigation2", "maze")
+VIDEO_FPS = 30
+
+
+class SavedAgent:
+    """A run's task policy and (all but Unconstrained) Q_risk and pi_rec, with its test environment."""
+
+    def __init__(self, run_dir: str):
+        paths = [os.path.join(run_dir, name) for name in ("config.json", "final.pt")]
+        for path in paths:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run's folder?")
+        self.config = config = json.load(open(paths[0]))
+        state = torch.load(paths[1], weights_only=True)
+        hp = config["hyperparameters"]
+        self.env_name = config["env"]
+        self.raw_env = envs.make_env(self.env_name, envs.test_task(self.env_name, config["test_variant"]),
+                                     **config.get("env_kwargs", {}))
+        self.env = self.raw_env
+        stats = state.get("obs_scale", "missing")
+        if stats == "missing":   # runs saved before final.pt held the scaling
+            stats = self._statistics_from_datasets()
+        if stats is not None:
+            self.env = envs.scaled_observations(self.raw_env, *(np.asarray(s) for s in stats))
+        obs_dim, act_dim = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+        low, high = self.env.action_space.low, self.env.action_space.high
+        self.agent = SAC(obs_dim, act_dim, low, high, SACConfig(**tuple_fields(hp["sac"])))
+        self.agent.load_state_dict(state["sac"])
+        self.safety = None
+        if state["safety"] is not None:
+            self.safety = Safety(obs_dim, act_dim, low, high, RecoveryConfig(**tuple_fields(hp["recovery"])))
+            self.safety.load_state_dict(state["safety"])
+
+    def _statistics_from_datasets(self):
+        c = self.config
+        job = run.Job(c["env"], c["method"], c["seed"], c["preset"], None, c["episodes"], "", c["data_root"],
+                      c["test_variant"], "none", c.get("test_fraction", 1.0), c.get("scale_inputs", True))
+        return run.observation_statistics(job)
+
+    def action(self, obs: np.ndarray, use_filter: bool) -> tuple[np.ndarray, bool]:
+        """(executed action, whether pi_rec acted) for one observation."""
+        a_task = self.agent.act(obs, deterministic=True)
+        if not use_filter or self.safety is None:
+            return a_task, False
+        executed, fired = self.safety.filtered(torch.from_numpy(obs[None].astype(np.float32)),
+                                               torch.from_numpy(a_task[None].astype(np.float32)))
+        return executed[0].numpy(), bool(fired[0])
+
+    def risk_field(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Q_risk(s, mean task action) over a grid of point-environment positions."""
+        grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
+        obs = np.stack([self.env.observation(p) for p in grid]) if self.env is not self.raw_env else grid
+        with torch.no_grad():
+            obs_t = torch.from_numpy(obs.astype(np.float32))
+            actions, _ = self.agent.actor(obs_t, True, with_log_prob=False)
+            return self.safety.q_risk(obs_t, actions).reshape(len(ys), len(xs)).numpy()
+
+
+def tuple_fields(config: dict) -> dict:
+    """A config dataclass's fields from config.json (JSON turned its tuples into lists)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def run_episodes(saved: SavedAgent, episodes: int, use_filter: bool, seed: int, frames: list | None = None,
+                 renderer=None) -> dict:
+    """Deterministic episodes; their measures and, for point environments, each episode's path."""
+    returns, violations, successes, recovery, paths = [], [], [], [], []
+    for k in range(episodes):
+        obs, info = saved.env.reset(seed=seed + k)
+        path, ret, violated, fired_steps, steps, done = [position(saved)], 0.0, False, 0, 0, False
+        while not done:
+            action, fired = saved.action(obs, use_filter)
+            obs, reward, terminated, truncated, info = saved.env.step(action)
+            ret, steps, fired_steps = ret + reward, steps + 1, fired_steps + fired
+            violated = violated or info["cost"] > 0
+            path.append(position(saved))
+            if renderer is not None and k == 0:
+                renderer.update_scene(saved.raw_env.unwrapped.data, camera=tracking_camera(saved))
+                frames.append(renderer.render())
+            done = terminated or truncated
+        returns.append(ret), violations.append(violated), recovery.append(fired_steps / steps)
+        successes.append(float(info.get("success", np.nan)))
+        paths.append((np.array(path), violated))
+    return {"return": float(np.mean(returns)), "violations": int(np.sum(violations)),
+            "successes": float(np.nansum(successes)) if envs.HAS_SUCCESS[saved.env_name] else None,
+            "recovery_fraction": float(np.mean(recovery)), "paths": paths}
+
+
+def position(saved: SavedAgent):
+    """The point's (x, y) in the point environments; None elsewhere."""
+    return saved.raw_env.unwrapped.state.copy() if saved.env_name in POINT_ENVS else None
+
+
+def obstacles(env_name: str) -> tuple:
+    """The boxes (x0, x1, y0, y1) a point must not touch, in the test task."""
+    if env_name == "maze":
+        return envs.maze_walls(*envs.test_task("maze")["w"])
+    return envs.NAV_OBSTACLES[1 if env_name == "navigation1" else 2]
+
+
+def plot_paths(path: str, saved: SavedAgent, results: dict) -> None:
+    """One panel per mode: the paths over the obstacles, Q_risk of the task policy's action behind."""
+    maze = saved.env_name == "maze"
+    lim = (-envs.MAZE_HALF, envs.MAZE_HALF, -envs.MAZE_HALF, envs.MAZE_HALF) if maze else (-90, 20, -20, 20)
+    if saved.env_name == "navigation2":
+        lim = (-60, 10, -25, 25)
+    goal = envs.MAZE_GOAL if maze else np.zeros(2)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results) + 1, 4.4), squeeze=False,
+                             layout="constrained")
+    for ax, (mode, result) in zip(axes[0], results.items()):
+        if saved.safety is not None:
+            xs, ys = np.linspace(lim[0], lim[1], 120), np.linspace(lim[2], lim[3], 90)
+            image = ax.imshow(saved.risk_field(xs, ys), origin="lower", extent=lim, vmin=0, vmax=1,
+                              cmap="Greys", aspect="auto")
+        for x0, x1, y0, y1 in obstacles(saved.env_name):
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, color="tab:red", alpha=0.6))
+        for points, violated in result["paths"]:
+            ax.plot(points[:, 0], points[:, 1], color="tab:orange" if violated else "tab:blue", lw=1)
+            ax.plot(*points[0], "k.", ms=4)
+        ax.plot(*goal, "g*", ms=12)
+        ax.set(xlim=lim[:2], ylim=lim[2:], xlabel="x", ylabel="y",
+               title=f"{mode}: {result['violations']} of {len(result['paths'])} violate")
+    if saved.safety is not None:
+        fig.colorbar(image, ax=axes[0].tolist(), label="Q_risk of the task policy's mean action")
+    fig.suptitle(f"{saved.env_name}, {saved.config['method']} seed {saved.config['seed']}: blue safe, "
+                 "orange violating, green star the goal", fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def tracking_camera(saved: SavedAgent) -> str | int:
+    """Gymnasium's camera that follows the body where the model has one, else the free camera."""
+    model = saved.raw_env.unwrapped.model
+    names = [model.camera(i).name for i in range(model.ncam)]
+    return "track" if "track" in names else -1
+
+
+def make_renderer(saved: SavedAgent, size: int = 320):
+    """MuJoCo's offscreen renderer for the env's model; a RuntimeError naming the fix where no GL works."""
+    import mujoco
+    try:
+        with warnings.catch_warnings():   # glfw warns on stderr before it fails
+            warnings.simplefilter("ignore")
+            return mujoco.Renderer(saved.raw_env.unwrapped.model, size, size)
+    except Exception as e:   # the GL backends raise several types
+        raise RuntimeError(f"no OpenGL backend for MuJoCo's offscreen renderer ({type(e).__name__}); "
+                           "set MUJOCO_GL=egl (GPU or EGL) or MUJOCO_GL=osmesa (software)") from None
+
+
+def main(argv=None) -> None:
+    parser = run.OneLineParser(description="Evaluate a finished run's saved agent (see the module docstring).")
+    parser.add_argument("run_dir", help="a run's folder: <out>/<config>/<env>/<method>/seed<k>")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per mode (default: 10)")
+    parser.add_argument("--seed", type=int, default=10_000, help="first episode's reset seed")
+    parser.add_argument("--picture", default=None, help="PNG of the paths (Navigation 1, 2, Maze)")
+    parser.add_argument("--video", default=None, help="GIF of the first filtered episode (Cartpole, HalfCheetah, Ant)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    torch.set_num_threads(1)
+    try:
+        saved = SavedAgent(args.run_dir)
+        if args.picture and saved.env_name not in POINT_ENVS:
+            parser.error(f"--picture draws the point environments; {saved.env_name} has --video")
+        if args.video and saved.env_name in POINT_ENVS:
+            parser.error(f"--video films the MuJoCo environments; {saved.env_name} has --picture")
+        renderer, frames = (make_renderer(saved), []) if args.video else (None, None)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    modes = {"filter on": True, "filter off": False} if saved.safety is not None else {"task policy": False}
+    results = {mode: run_episodes(saved, args.episodes, on, args.seed, frames if on or len(modes) == 1 else None,
+                                  renderer if (on or len(modes) == 1) else None)
+               for mode, on in modes.items()}
+    print(f"{saved.env_name} {saved.config['method']} seed {saved.config['seed']}, {args.episodes} deterministic episodes:")
+    for mode, r in results.items():
+        success = "-" if r["successes"] is None else f"{r['successes']:.0f}"
+        print(f"  {mode:11s} return {r['return']:9.1f}  violating episodes {r['violations']:3d}  "
+              f"successes {success:>3s}  pi_rec acted on {r['recovery_fraction']:.0%} of steps")
+    if args.picture:
+        plot_paths(args.picture, saved, results)
+        print(f"picture: {args.picture}")
+    if args.video:
+        import imageio
+        imageio.mimsave(args.video, frames, duration=1 / VIDEO_FPS, loop=0)
+        print(f"video: {args.video} ({len(frames)} frames)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

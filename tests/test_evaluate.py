@@ -1,0 +1,69 @@
+"""evaluate.py on saved smoke runs: the measures it prints, the picture, the video or its message."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import evaluate
+import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out, data = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("data")
+    run.main(["--preset", "smoke", "--seed", "0", "--workers", "1", "--no-progress", "--env", "navigation1,cartpole",
+              "--methods", "mesa,unconstrained", "--out", str(out), "--data-root", str(data)])
+    return out / "smoke"
+
+
+def test_evaluate_prints_both_modes_and_draws_the_paths(runs, tmp_path, capsys):
+    picture = tmp_path / "paths.png"
+    evaluate.main([str(runs / "navigation1" / "mesa" / "seed0"), "--episodes", "2", "--picture", str(picture)])
+    out = capsys.readouterr().out
+    assert "filter on" in out and "filter off" in out and "violating episodes" in out
+    assert picture.stat().st_size > 10_000
+
+
+def test_unconstrained_has_only_its_task_policy(runs, capsys):
+    evaluate.main([str(runs / "navigation1" / "unconstrained" / "seed0"), "--episodes", "1"])
+    out = capsys.readouterr().out
+    assert "task policy" in out and "filter on" not in out
+
+
+def test_filter_off_never_lets_pi_rec_act(runs):
+    saved = evaluate.SavedAgent(str(runs / "navigation1" / "mesa" / "seed0"))
+    saved.safety.cfg.eps_risk = 0.0          # the filter would fire on every step
+    assert evaluate.run_episodes(saved, 1, False, 0)["recovery_fraction"] == 0.0
+    assert evaluate.run_episodes(saved, 1, True, 0)["recovery_fraction"] > 0.9
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nowhere"], "config.json not found"),
+    (["{nav}", "--video", "x.gif"], "--video films the MuJoCo environments"),
+    (["{nav}", "--episodes", "0"], "--episodes must be >= 1"),
+])
+def test_bad_input_is_one_line(runs, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([a.format(nav=runs / "navigation1" / "mesa" / "seed0") for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_video_is_written_or_the_missing_backend_named_in_one_line(runs, tmp_path):
+    """A GIF where MuJoCo's offscreen renderer works; else exit 2 with one line naming MUJOCO_GL."""
+    video = tmp_path / "cartpole.gif"
+    argv = [sys.executable, "evaluate.py", str(runs / "cartpole" / "mesa" / "seed0"), "--episodes", "1",
+            "--video", str(video)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+    if done.returncode == 0:
+        assert video.stat().st_size > 1000 and "frames" in done.stdout
+    else:
+        assert done.returncode == 2 and "MUJOCO_GL" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    no_display = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    broken = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**no_display, "MUJOCO_GL": "glfw"})     # a window system, and no display
+    assert broken.returncode == 2 and "MUJOCO_GL" in broken.stderr and len(broken.stderr.strip().splitlines()) == 1
