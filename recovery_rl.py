@@ -17,6 +17,7 @@ proposals just under eps_risk, so it is not the default (docs/design.md).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -191,12 +192,14 @@ class Safety:
 # ----------------------------------------------------------------------------- Phase 3
 
 def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_buffer: ReplayBuffer,
-                safety_buffer: ReplayBuffer | None, env_step: int):
+                safety_buffer: ReplayBuffer | None, env_step: int, losses: dict | None = None):
     """One environment step of Recovery RL: propose, filter, execute, relabel, update.
 
-    Without a Safety (Unconstrained SAC) the proposal is executed as it is.
-    Returns (next_obs, reward, cost, terminated, truncated, info, filter_fired).
+    Without a Safety (Unconstrained SAC) the proposal is executed as it is. The updates' losses go
+    into `losses` where given (the training log). Returns (next_obs, reward, cost, terminated,
+    truncated, info, filter_fired).
     """
+    losses = {} if losses is None else losses
     a_task = agent.explore(obs, env_step)
     a_exec, fired = a_task, False
     if safety is not None:
@@ -210,11 +213,11 @@ def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_bu
 
     batch_size = agent.cfg.batch_size
     if len(task_buffer) >= batch_size:
-        agent.update(task_buffer.sample(batch_size))
+        losses.update(agent.update(task_buffer.sample(batch_size)))
     if safety is not None and len(safety_buffer) >= safety.cfg.batch_size:
         batch = safety.sample(safety_buffer)
-        safety.update_critic(batch, safety.target_policy(agent.policy))
-        safety.update_recovery(batch["obs"])
+        losses["losses/risk_loss"] = safety.update_critic(batch, safety.target_policy(agent.policy))
+        losses["losses/pi_rec_loss"] = safety.update_recovery(batch["obs"])
     return next_obs, reward, cost, terminated, truncated, info, fired
 
 
@@ -252,28 +255,37 @@ class Phase3Progress:
 
 def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: int,
                  offline: dict[str, np.ndarray] | None = None, safety_buffer: ReplayBuffer | None = None,
-                 progress: Phase3Progress | None = None) -> Iterator[dict]:
+                 progress: Phase3Progress | None = None, log: Callable[[dict], None] | None = None,
+                 log_every: int = 1000) -> Iterator[dict]:
     """Phase 3: run n_episodes of Recovery RL (or Unconstrained SAC when safety is None).
 
     The safety buffer is `safety_buffer` if given (phase3_safety_buffer), else one that starts as
     the offline data. `progress` continues a run from a checkpoint; it is updated after every
-    episode. Yields one metrics dict per finished episode:
-    return, length, violation (0/1), success (0/1, or nan where undefined), recovery_fraction.
+    episode. `log` receives, every log_every environment steps, the latest losses, the share of
+    steps the filter fired and the steps per second since the last call. Yields one metrics dict
+    per finished episode: return, length, violation (0/1), success (0/1, or nan where undefined),
+    recovery_fraction.
     """
     if progress is None:
         progress = Phase3Progress.start(env, safety, n_episodes, seed, offline, safety_buffer)
     if progress.episode == 0:
         env.action_space.seed(seed)
-    env_step = progress.env_step
+    env_step, losses, window = progress.env_step, {}, {"fired": 0, "time": time.perf_counter()}
     for episode in range(progress.episode, n_episodes):
         obs, info = env.reset(seed=seed if episode == 0 else None)
         ret, length, violated, recoveries, done = 0.0, 0, False, 0, False
         while not done:
             obs, reward, cost, terminated, truncated, info, fired = phase3_step(
-                env, obs, agent, safety, progress.task_buffer, progress.safety_buffer, env_step)
+                env, obs, agent, safety, progress.task_buffer, progress.safety_buffer, env_step, losses)
             ret, length, env_step = ret + reward, length + 1, env_step + 1
             violated, recoveries = violated or cost > 0, recoveries + fired
             done = terminated or truncated
+            window["fired"] += fired
+            if log is not None and env_step % log_every == 0:
+                now = time.perf_counter()
+                log({"env_step": env_step, "episode": episode, **losses, "filter_rate": window["fired"] / log_every,
+                     "steps_per_second": log_every / (now - window["time"])})
+                window = {"fired": 0, "time": now}
         progress.episode, progress.env_step = episode + 1, env_step
         yield {"episode": episode, "env_steps": env_step, "return": ret, "length": length,
                "violation": int(violated), "success": float(info.get("success", np.nan)),

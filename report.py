@@ -55,6 +55,44 @@ def episodes_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+PROGRESS_COLUMNS = ("env_step", "episode", "losses/qf_loss", "losses/actor_loss", "losses/alpha",
+                    "losses/alpha_loss", "losses/risk_loss", "losses/pi_rec_loss", "filter_rate",
+                    "steps_per_second")
+
+
+class TrainingLog:
+    """progress.csv of one run: a row of losses, filter rate and speed every few thousand Phase-3
+    steps (recovery_rl.learn_online's log), appended and flushed as it comes, plus TensorBoard
+    scalars where asked for and installed. A resumed run keeps the rows up to its checkpoint."""
+
+    def __init__(self, path: str, resume_step: int = 0, tensorboard_dir: str | None = None):
+        kept = []
+        if resume_step and os.path.exists(path):
+            rows = list(csv.DictReader(open(path)))
+            kept = [r for r in rows if int(r["env_step"]) <= resume_step]
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, PROGRESS_COLUMNS, extrasaction="ignore")
+        self.writer.writeheader()
+        self.writer.writerows(kept)
+        self.tensorboard = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter   # needs the optional tensorboard package
+            self.tensorboard = SummaryWriter(tensorboard_dir)
+
+    def __call__(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key not in ("env_step", "episode"):
+                    self.tensorboard.add_scalar(key, value, row["env_step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
 def read_episodes(path: str) -> dict[str, np.ndarray]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import glob
 import hashlib
+import importlib.util
 import inspect
 import json
 import multiprocessing
@@ -67,6 +68,9 @@ MUJOCO = ("halfcheetah", "ant")
 # Phase-3 checkpoints (phase3.pt) every this many episodes: a few minutes of a run apart, so that
 # writing one (the buffers dominate: about 200 MB for a paper-size HalfCheetah run) costs under 1%.
 CHECKPOINT_EVERY = {"navigation1": 50, "navigation2": 50, "maze": 50, "cartpole": 20, "halfcheetah": 5, "ant": 5}
+
+# progress.csv gets a row every this many Phase-3 steps (a few hundred rows per run at most).
+LOG_EVERY = {"navigation1": 1000, "navigation2": 1000, "maze": 1000, "cartpole": 1000, "halfcheetah": 5000, "ant": 5000}
 
 PAPER_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole": 400,
                   "halfcheetah": 500, "ant": 1000}
@@ -202,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Phase-3 checkpoint (phase3.pt) every N episodes; an interrupted run resumes "
                              "from it (default: per environment, minutes apart)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep phase3.pt after a run finishes")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log progress.csv's scalars to <run>/tensorboard (needs the tensorboard package)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress per phase: tqdm bars with one worker, a line every 30 s per job with "
                              "several (default: on)")
@@ -285,6 +291,7 @@ class Job:
     oracle_variant: str = "mesa"  # RRL-oracle's generator ("rrl": Recovery RL's Navigation 2)
     checkpoint_every: int = 0    # Phase-3 checkpoint every this many episodes (0: CHECKPOINT_EVERY[env])
     keep_checkpoint: bool = False  # keep phase3.pt after the run finishes
+    tensorboard: bool = False    # also write progress.csv's scalars for TensorBoard (optional package)
 
     @property
     def folder(self) -> str:
@@ -493,9 +500,13 @@ def run_one(job: Job) -> dict:
     if rows:
         start_state = torch.load(checkpoint_path(job), weights_only=True)["start_state"]
     t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
+    os.makedirs(job.folder, exist_ok=True)
+    log = report.TrainingLog(os.path.join(job.folder, "progress.csv"), progress.env_step,
+                             os.path.join(job.folder, "tensorboard") if job.tensorboard else None)
     with progress_bar(job, "phase3", job.episodes) as bar:
         bar.update(len(rows))
-        for row in learn_online(env, agent, safety, job.episodes, job.seed, progress=progress):
+        for row in learn_online(env, agent, safety, job.episodes, job.seed, progress=progress, log=log,
+                                log_every=20 if job.preset == "smoke" else LOG_EVERY[job.env]):
             rows.append(row)
             bar.update(1)
             bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
@@ -504,6 +515,7 @@ def run_one(job: Job) -> dict:
                                  "seconds": seconds_before + time.perf_counter() - t0,
                                  **phase3_checkpoint(env, agent, safety, progress)}, checkpoint_path(job))
     env.close()
+    log.close()
     info["timings"]["phase3"] = seconds_before + time.perf_counter() - t0
     if safety is not None:       # the buffer's rows after the offline data: what Phase 3 visited
         visited = {k: v[len(test["rewards"]):] for k, v in progress.safety_buffer.arrays().items()}
@@ -631,6 +643,9 @@ def main(argv=None) -> None:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--workers and --threads must be >= 1")
+    if args.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            parser.error("--tensorboard needs the tensorboard package (pip install tensorboard)")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.episodes is not None and args.episodes < 1:
@@ -656,7 +671,7 @@ def main(argv=None) -> None:
                 jobs.append(Job(env, m, s, args.preset, hp, args.episodes or episodes, out, args.data_root,
                                 args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
                                 args.scale_inputs, checkpoint_every=args.checkpoint_every,
-                                keep_checkpoint=args.keep_checkpoints))
+                                keep_checkpoint=args.keep_checkpoints, tensorboard=args.tensorboard))
     try:   # datasets before the workers start: no two processes ever generate the same file
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)

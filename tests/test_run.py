@@ -379,3 +379,24 @@ def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeyp
     whole = config_dir(tmp_path / "whole", *options[4:]) / "navigation1" / method / "seed0"
     assert (folder / "episodes.csv").read_text() == (whole / "episodes.csv").read_text()
     assert not (folder / "phase3.pt").exists()
+
+
+def test_progress_csv_logs_losses_filter_rate_and_speed(sweep):
+    for method, has_risk in (("mesa", True), ("unconstrained", False)):
+        rows = list(csv.DictReader(open(sweep / "smoke" / "navigation1" / method / "seed0" / "progress.csv")))
+        assert rows and tuple(rows[0]) == report.PROGRESS_COLUMNS
+        assert all(float(r["steps_per_second"]) > 0 and 0 <= float(r["filter_rate"]) <= 1 for r in rows)
+        assert [int(r["env_step"]) for r in rows] == [20 * (i + 1) for i in range(len(rows))]
+        assert (rows[-1]["losses/risk_loss"] != "") == has_risk and rows[-1]["losses/qf_loss"] != ""
+
+
+def test_tensorboard_needs_its_package_or_writes_events(tmp_path, data_root, capsys):
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as exit_info:
+            smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "unconstrained", "--tensorboard")
+        assert exit_info.value.code == 2 and "pip install tensorboard" in capsys.readouterr().err
+    else:
+        smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "unconstrained", "--tensorboard")
+        assert list((tmp_path / "smoke" / "navigation1" / "unconstrained" / "seed0" / "tensorboard").iterdir())
