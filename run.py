@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep phase3.pt after a run finishes")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log progress.csv's scalars to <run>/tensorboard (needs the tensorboard package)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: spawned processes on this machine (default); ray: Ray tasks of one CPU "
+                             "each (pip install -r requirements-ray.txt), on a local Ray with --workers CPUs "
+                             "or on the cluster at --ray-address")
+    parser.add_argument("--ray-address", default=None, help='an existing Ray cluster, e.g. "auto" or "ray://head:10001"')
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress per phase: tqdm bars with one worker, a line every 30 s per job with "
                              "several (default: on)")
@@ -603,8 +608,10 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_jobs(jobs: list[Job], workers: int, threads: int) -> None:
-    """Run the jobs one after another, or in `workers` spawned processes; print a line per run.
+def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local",
+             ray_address: str | None = None) -> list[str]:
+    """Run the jobs one after another, in `workers` spawned processes, or as Ray tasks; print a line
+    per run. Returns one line per failed job (only Ray goes on past a failure).
 
     Ctrl-C stops the workers at once (KeyboardInterrupt reaches the caller); finished runs stay.
     """
@@ -613,12 +620,51 @@ def run_jobs(jobs: list[Job], workers: int, threads: int) -> None:
         score = f"success {r['success']:.2f}" if envs.HAS_SUCCESS[j.env] else f"last return {r['return']:.1f}"
         print(f"done {j.env}/{j.method}/seed{j.seed}: {j.episodes} episodes, {r['violations']} violations, "
               f"{score}, {r['seconds']:.0f} s", flush=True)
-    if workers <= 1:
+    failures = []
+    if backend == "ray":
+        for job, result in ray_map(run_one, jobs, threads, ray_address, workers):
+            if isinstance(result, Exception):
+                failures.append(f"failed {job.env}/{job.method}/seed{job.seed}: {str(result).strip().splitlines()[-1]}")
+                print(failures[-1], flush=True)
+            else:
+                line(result)
+    elif workers <= 1:
         for job in jobs:
             line(run_one(job))
-        return
-    for result in pool_map(run_one, jobs, workers, threads, ordered=False):
-        line(result)
+    else:
+        for result in pool_map(run_one, jobs, workers, threads, ordered=False):
+            line(result)
+    return failures
+
+
+def _call_with_threads(function, item, threads: int):
+    torch.set_num_threads(threads)
+    return function(item)
+
+
+def ray_map(function, items: list, threads: int, address: str | None = None, local_cpus: int = 1):
+    """(item, function(item)) for every item, as Ray tasks of one CPU each, yielded as they finish;
+    a task that fails yields its exception and the others go on. address None starts a local Ray
+    with local_cpus CPUs; else it joins that cluster, whose nodes must see this repository and the
+    output folder at the same paths (a shared filesystem)."""
+    import ray    # optional: requirements-ray.txt
+    root = os.path.dirname(os.path.abspath(__file__))
+    ray.init(address=address, num_cpus=None if address else local_cpus, include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}}, configure_logging=False)
+    task = ray.remote(num_cpus=1, max_retries=0)(_call_with_threads)
+    pending = {task.remote(function, item, threads): item for item in items}
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            item = pending.pop(ref)
+            try:
+                yield item, ray.get(ref)
+            except ray.exceptions.RayError as error:
+                yield item, error
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        ray.shutdown()
 
 
 def pool_map(function, items: list, workers: int, threads: int, ordered: bool = True):
@@ -646,6 +692,10 @@ def main(argv=None) -> None:
     if args.tensorboard:
         if importlib.util.find_spec("tensorboard") is None:
             parser.error("--tensorboard needs the tensorboard package (pip install tensorboard)")
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        parser.error("--backend ray needs Ray (pip install -r requirements-ray.txt)")
+    if args.ray_address and args.backend != "ray":
+        parser.error("--ray-address needs --backend ray")
     if args.checkpoint_every < 0:
         parser.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.episodes is not None and args.episodes < 1:
@@ -686,7 +736,7 @@ def main(argv=None) -> None:
         if job not in todo:
             print(f"skipped {job.env}/{job.method}/seed{job.seed}: finished ({job.folder}/episodes.csv)")
     try:
-        run_jobs(todo, args.workers, threads)
+        failures = run_jobs(todo, args.workers, threads, args.backend, args.ray_address)
     except KeyboardInterrupt:
         parser.exit(130, f"interrupted: finished runs are kept under {out}/; run the same command "
                          "again to resume (finished runs are skipped, cached Phases 1-2 reused)\n")
@@ -695,6 +745,8 @@ def main(argv=None) -> None:
         # every method with finished runs of these seeds, not only this command's: nothing drops out
         print(f"\n{report.summarise(env_dir, env, METHODS, seeds, envs.HAS_SUCCESS[env], args.preset)}")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
+    if failures:
+        parser.exit(1, f"{len(failures)} of {len(todo)} runs failed (lines above); the same command retries them\n")
 
 
 if __name__ == "__main__":
