@@ -45,6 +45,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import datasets  # noqa: E402
 import envs  # noqa: E402
+import evaluate  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -402,7 +403,21 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
     run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
     for env in env_names:
         report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds, envs.HAS_SUCCESS[env], preset)
+        if env in evaluate.POINT_ENVS:
+            draw_paths(os.path.join(out, env), seeds)
     return comparison_table(out, env_names)
+
+
+def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:
+    """<env>/paths/<method>_seed<k>.png: each finished run's final agent over EVAL episodes,
+    filter on and off, over the obstacles and its Q_risk field (evaluate.py)."""
+    os.makedirs(os.path.join(env_dir, "paths"), exist_ok=True)
+    for method in mesa.METHODS:
+        for seed in seeds:
+            folder = os.path.join(env_dir, method, f"seed{seed}")
+            if os.path.exists(os.path.join(folder, "final.pt")):
+                evaluate.main([folder, "--episodes", str(episodes), "--picture",
+                               os.path.join(env_dir, "paths", f"{method}_seed{seed}.png")])
 
 
 def comparison_table(out: str, env_names) -> str:

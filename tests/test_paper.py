@@ -118,3 +118,15 @@ def test_rrl_check_writes_summary_json_shaped_for_readers(tmp_path):
         for s in methods.values():
             assert s["seeds"] == paper.RRL_CHECK_SEEDS and s["episodes"] == 2
             assert 0 <= s["violation_rate"] <= 1 and 0 <= s["success_rate_last100"] <= 1
+
+
+def test_comparison_writes_summary_json_table_and_paths(tmp_path):
+    table = paper.comparison(str(tmp_path / "r"), "smoke", 1, str(tmp_path / "data"), env_names=("navigation1",))
+    summary = json.load(open(tmp_path / "r" / "navigation1" / "summary.json"))
+    assert summary["env"] == "navigation1" and summary["preset"] == "smoke"
+    assert set(summary["methods"]) == set(paper.mesa.METHODS)
+    for s in summary["methods"].values():
+        assert s["seeds"] == paper.comparison_seeds("smoke") and "cumulative_violations_se" in s
+    assert table.count("| navigation1 |") == len(paper.mesa.METHODS)
+    pictures = list((tmp_path / "r" / "navigation1" / "paths").glob("*.png"))
+    assert len(pictures) == len(paper.mesa.METHODS) * paper.comparison_seeds("smoke")
