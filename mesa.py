@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from baselines import BASELINES, USES_CRITIC, BaselineConfig, paper_config
 from recovery_rl import Policy, RecoveryConfig, Safety, safety_critic_loss
 from sac import ReplayBuffer, SACConfig, polyak_update, require
 
@@ -110,6 +111,7 @@ class Hyperparameters:
     multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)         # Phase 1, eta = 3e-4
     rrl: FitConfig = field(default_factory=FitConfig)                           # Phase 1 on D_test
     adapt: FitConfig = field(default_factory=lambda: FitConfig(steps=500))     # Phase 2 (lr set per method)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)           # LR, SQRL, RSPO, RP, RCPO
 
     def phase2_lr(self, method: str) -> float:
         """Phase 2 and Phase 3 lr of Q_risk / pi_rec: alpha1 for MESA, eta for Multi-Task, RRL's own."""
@@ -138,6 +140,7 @@ def paper_hyperparameters(env: str) -> Hyperparameters:
         hp.recovery.pos_fraction = 0.3
     hp.recovery.gamma_risk = {"navigation2": 0.65, "maze": 0.5}.get(env, 0.8)
     hp.recovery.eps_risk = {"navigation1": 0.3, "ant": 0.3, "maze": 0.15}.get(env, 0.1)
+    hp.baseline = paper_config(env)
     return hp
 
 
@@ -262,7 +265,7 @@ def fit(safety: Safety, buffer: ReplayBuffer, policy: Policy, cfg: FitConfig,
     for step in range(cfg.steps):
         batch = safety.sample(buffer, cfg.batch_size)
         loss = safety.update_critic(batch, policy)
-        rec_loss = safety.update_recovery(batch["obs"])
+        rec_loss = safety.update_recovery(batch["obs"]) if safety.recovery else float("nan")
         if callback:
             callback(step, {"losses/risk_loss": loss, "losses/pi_rec_loss": rec_loss})
 
@@ -284,10 +287,10 @@ def phase1(method: str, safety: Safety, train: list[ReplayBuffer], test: ReplayB
         meta_learn(safety, train, test, policy, hp.meta, seed, callback)
     elif method == "multitask":
         fit(safety, pooled(train), policy, hp.multitask, callback)
-    elif method in ("rrl", "rrl_oracle"):
+    elif method in ("rrl", "rrl_oracle", *USES_CRITIC):    # the baselines pretrain Q_risk as RRL does
         fit(safety, test, policy, hp.rrl, callback)
-    elif method != "unconstrained":
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    elif method not in ("unconstrained", "rp"):
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS + BASELINES)}")
 
 
 def phase2(method: str, safety: Safety, test: ReplayBuffer, policy: Policy, hp: Hyperparameters,
@@ -296,7 +299,7 @@ def phase2(method: str, safety: Safety, test: ReplayBuffer, policy: Policy, hp: 
 
     With hp.multitask.phase2_with_train, Multi-Task adapts on the training buffers plus D_test.
     """
-    if method == "unconstrained":
+    if method in ("unconstrained", "rp"):
         return
     if method in ("mesa", "multitask"):
         data = test

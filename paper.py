@@ -392,10 +392,11 @@ def comparison_seeds(preset: str) -> int:
     return 3 if preset in ("smoke", "quick") else COMPARISON_SEEDS
 
 
-def comparison(out: str, preset: str, workers: int, data_root: str = "data", env_names=envs.ENV_NAMES) -> str:
-    """Every method on each environment, comparison_seeds seeds, seed by seed; writes
-    <out>/<env>/summary.{md,json} and the figures; returns one table over the environments."""
-    seeds = range(comparison_seeds(preset))
+def comparison(out: str, preset: str, workers: int, data_root: str = "data", env_names=envs.ENV_NAMES,
+               n_seeds: int | None = None) -> str:
+    """Every method on each environment, n_seeds seeds (default comparison_seeds), seed by seed;
+    writes <out>/<env>/summary.{md,json} and the figures; returns one table over the environments."""
+    seeds = range(n_seeds or comparison_seeds(preset))
     jobs = [job(env, m, s, out, preset, data_root) for env in env_names for s in seeds for m in mesa.METHODS]
     for env in env_names:
         prepare(env, preset, data_root)
@@ -448,10 +449,12 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--env", nargs="+", choices=envs.ENV_NAMES, default=list(envs.ENV_NAMES),
                         help="the comparison's environments (default: all six)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="the comparison's seeds 0..N-1 (default: 3 for quick, 5 for paper)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     parts = {"rrl_check": rrl_check,
-             "comparison": lambda *a: comparison(*a, env_names=args.env), "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
+             "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds), "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
              "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)

@@ -126,8 +126,10 @@ def sample_class_balanced(buffer: ReplayBuffer, batch_size: int, pos_fraction: f
 class Safety:
     """Q_risk with its target network, pi_rec, and their optimizers."""
 
-    def __init__(self, obs_dim: int, act_dim: int, action_low, action_high, cfg: RecoveryConfig | None = None):
+    def __init__(self, obs_dim: int, act_dim: int, action_low, action_high, cfg: RecoveryConfig | None = None,
+                 recovery: bool = True):
         self.cfg = cfg = cfg or RecoveryConfig()
+        self.recovery = recovery   # False: Q_risk is learned but pi_rec never acts (baselines.py)
         self.q_risk = SafetyCritic(obs_dim, act_dim, cfg.hidden)
         self.q_risk_targ = frozen_copy(self.q_risk)
         self.pi_rec = RecoveryPolicy(obs_dim, act_dim, action_low, action_high, cfg.hidden)
@@ -202,12 +204,12 @@ def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_bu
     losses = {} if losses is None else losses
     a_task = agent.explore(obs, env_step)
     a_exec, fired = a_task, False
-    if safety is not None:
+    if safety is not None and safety.recovery:
         executed, fired_t = safety.filtered(torch.from_numpy(obs[None].astype(np.float32)), torch.from_numpy(a_task[None]))
         a_exec, fired = executed[0].numpy(), bool(fired_t[0])
     next_obs, reward, terminated, truncated, info = env.step(a_exec)
     cost = float(info["cost"])
-    task_buffer.add(obs, a_task, reward, cost, next_obs, terminated, truncated)      # proposed action
+    task_buffer.add(obs, a_task, agent.training_reward(reward, cost), cost, next_obs, terminated, truncated)  # proposed
     if safety is not None:
         safety_buffer.add(obs, a_exec, reward, cost, next_obs, terminated, truncated)  # executed action
 
@@ -217,7 +219,8 @@ def phase3_step(env, obs: np.ndarray, agent: SAC, safety: Safety | None, task_bu
     if safety is not None and len(safety_buffer) >= safety.cfg.batch_size:
         batch = safety.sample(safety_buffer)
         losses["losses/risk_loss"] = safety.update_critic(batch, safety.target_policy(agent.policy))
-        losses["losses/pi_rec_loss"] = safety.update_recovery(batch["obs"])
+        if safety.recovery:
+            losses["losses/pi_rec_loss"] = safety.update_recovery(batch["obs"])
     return next_obs, reward, cost, terminated, truncated, info, fired
 
 
@@ -272,6 +275,7 @@ def learn_online(env, agent: SAC, safety: Safety | None, n_episodes: int, seed: 
         env.action_space.seed(seed)
     env_step, losses, window = progress.env_step, {}, {"fired": 0, "time": time.perf_counter()}
     for episode in range(progress.episode, n_episodes):
+        agent.begin_episode(episode)
         obs, info = env.reset(seed=seed if episode == 0 else None)
         ret, length, violated, recoveries, done = 0.0, 0, False, 0, False
         while not done:

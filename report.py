@@ -31,9 +31,11 @@ from sac import atomic_write  # noqa: E402
 COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
            "cumulative_violations")
 COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red",
-           "rrl_oracle": "tab:purple"}
+           "rrl_oracle": "tab:purple", "lr": "tab:olive", "sqrl": "tab:cyan",
+           "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black"}
 LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
-          "rrl_oracle": "RRL-oracle"}
+          "rrl_oracle": "RRL-oracle", "lr": "LR", "sqrl": "SQRL", "rspo": "RSPO",
+          "rp": "RP", "rcpo": "RCPO"}
 TITLES = {"navigation1": "Navigation 1", "navigation2": "Navigation 2", "maze": "Maze",
           "cartpole": "Cartpole-Length", "halfcheetah": "HalfCheetah-Disabled", "ant": "Ant-Disabled"}
 

@@ -54,6 +54,7 @@ import datasets
 import envs
 import mesa
 import report
+from baselines import BASELINES, USES_CRITIC, BaselineConfig, ConstrainedSAC
 from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig
 from recovery_rl import (Phase3Progress, RecoveryConfig, Safety, learn_online, phase3_checkpoint, restore_phase3,
                          safety_critic_loss)
@@ -68,6 +69,10 @@ MUJOCO = ("halfcheetah", "ant")
 # Phase-3 checkpoints (phase3.pt) every this many episodes: a few minutes of a run apart, so that
 # writing one (the buffers dominate: about 200 MB for a paper-size HalfCheetah run) costs under 1%.
 CHECKPOINT_EVERY = {"navigation1": 50, "navigation2": 50, "maze": 50, "cartpole": 20, "halfcheetah": 5, "ant": 5}
+
+# Methods pretrained on the RRL-oracle's 10-20K test-environment transitions instead of D_test:
+# RRL-oracle, and Recovery RL's comparisons, which run in Recovery RL's setting.
+ORACLE_DATA_METHODS = ("rrl_oracle", *BASELINES)
 
 # progress.csv gets a row every this many Phase-3 steps (a few hundred rows per run at most).
 LOG_EVERY = {"navigation1": 1000, "navigation2": 1000, "maze": 1000, "cartpole": 1000, "halfcheetah": 5000, "ant": 5000}
@@ -113,6 +118,7 @@ GROUPS = {  # Hyperparameters field -> (dataclass, what it configures)
     "rrl": (FitConfig, "RRL Phase 1 (Adam on D_test); its lr is also RRL's Phase-3 lr"),
     "adapt": (FitConfig, "Phase 2 adaptation on D_test (MESA, Multi-Task); lr: --meta-inner-lr / "
                          "--multitask-lr"),
+    "baseline": (BaselineConfig, "Recovery RL's comparisons LR, SQRL, RSPO, RP, RCPO (baselines.py)"),
 }
 SKIPPED = {"recovery.lr", "adapt.lr"}   # never used: each method sets its own lr (mesa.phase2_lr)
 
@@ -171,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env", nargs="+", default=["navigation1"],
                         help=f"environments, comma or space separated, or 'all': {', '.join(envs.ENV_NAMES)} "
                              "(default: navigation1)")
-    parser.add_argument("--methods", nargs="+", default=["all"], help=f"subset of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--methods", nargs="+", default=["all"],
+                        help=f"subset of {', '.join(METHODS)} (default: all of these) and of Recovery RL's "
+                             f"comparisons {', '.join(BASELINES)}")
     parser.add_argument("--seeds", nargs="+", default=["2"],
                         help="one number N: the N seeds 0..N-1; several (or comma separated): exactly "
                              "those seeds (default: 2, i.e. seeds 0 and 1)")
@@ -310,6 +318,8 @@ class Job:
             for name in names:
                 if name in hp[group] and hp[group][name] == getattr(defaults, name):
                     del hp[group][name]
+        if self.method not in BASELINES:     # absent: the other methods' keys stay as they were
+            del hp["baseline"]
         if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
             hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
             hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
@@ -434,7 +444,7 @@ def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
     """
     train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
     test = datasets.head(test, job.test_fraction)
-    own = test if job.method != "rrl_oracle" else datasets.get_oracle(
+    own = test if job.method not in ORACLE_DATA_METHODS else datasets.get_oracle(
         job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED, variant=job.oracle_variant)
     env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant), **job.env_kwargs)
     if not job.scale_inputs:
@@ -458,8 +468,14 @@ def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     set_seed(job.seed)
-    agent = SAC(obs_dim, act_dim, low, high, job.hp.sac)
-    safety = None if job.method == "unconstrained" else Safety(obs_dim, act_dim, low, high, job.hp.recovery)
+    if job.method not in BASELINES:
+        agent = SAC(obs_dim, act_dim, low, high, job.hp.sac)
+        safety = None if job.method == "unconstrained" else Safety(obs_dim, act_dim, low, high, job.hp.recovery)
+        return agent, safety
+    safety = None                      # the baselines: Q_risk without a recovery policy, or none (RP)
+    if job.method in USES_CRITIC:
+        safety = Safety(obs_dim, act_dim, low, high, job.hp.recovery, recovery=False)
+    agent = ConstrainedSAC(job.method, obs_dim, act_dim, low, high, job.hp.sac, job.hp.baseline, safety, job.episodes)
     return agent, safety
 
 
@@ -683,7 +699,9 @@ def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     env_names = split_names(args.env, envs.ENV_NAMES, "environment", parser)
-    methods = split_names(args.methods, METHODS, "method", parser)
+    methods = split_names(args.methods, METHODS + BASELINES, "method", parser)
+    if args.methods == ["all"]:
+        methods = list(METHODS)      # the paper's comparison; the baselines are asked for by name
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds, parser)
     if args.seed is not None and args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
@@ -726,7 +744,7 @@ def main(argv=None) -> None:
         for env in env_names:
             datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)
             heldout_set(env, args.preset, args.data_root, args.test_variant)
-            if "rrl_oracle" in methods:
+            if set(methods) & set(ORACLE_DATA_METHODS):
                 datasets.get_oracle(env, args.preset, args.data_root, args.test_variant, True, DATA_SEED)
     except (datasets.DatasetError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
@@ -743,7 +761,7 @@ def main(argv=None) -> None:
     for env in env_names:
         env_dir = os.path.join(out, env)
         # every method with finished runs of these seeds, not only this command's: nothing drops out
-        print(f"\n{report.summarise(env_dir, env, METHODS, seeds, envs.HAS_SUCCESS[env], args.preset)}")
+        print(f"\n{report.summarise(env_dir, env, METHODS + BASELINES, seeds, envs.HAS_SUCCESS[env], args.preset)}")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
     if failures:
         parser.exit(1, f"{len(failures)} of {len(todo)} runs failed (lines above); the same command retries them\n")

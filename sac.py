@@ -327,6 +327,7 @@ class SAC:
             next_act, next_log_pi = self.actor(batch["next_obs"])
             y = soft_q_target(batch["rew"], batch["done"], self.q1_targ(batch["next_obs"], next_act),
                               self.q2_targ(batch["next_obs"], next_act), next_log_pi, cfg.gamma, alpha)
+            y = y + self.target_shaping(batch)
         loss_q = critic_loss(self.q1(obs, act), self.q2(obs, act), y)
         self.critic_optim.zero_grad(set_to_none=True)
         loss_q.backward()
@@ -337,6 +338,7 @@ class SAC:
             p.requires_grad_(False)
         action, log_pi = self.actor(obs)
         loss_pi = actor_loss(self.q1(obs, action), self.q2(obs, action), log_pi, alpha)
+        loss_pi = loss_pi + self.actor_penalty(obs, action)
         self.actor_optim.zero_grad(set_to_none=True)
         loss_pi.backward()
         self.actor_optim.step()
@@ -353,6 +355,22 @@ class SAC:
         polyak_update(self.q1_targ, self.q1, cfg.tau)
         polyak_update(self.q2_targ, self.q2, cfg.tau)
         return info
+
+    # Hooks for the constrained variants of SAC (baselines.py); plain SAC adds nothing.
+    def target_shaping(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """A term added to the critics' target y (RCPO's -lambda Q_risk(s, a))."""
+        return 0.0
+
+    def actor_penalty(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor | float:
+        """A term added to the actor's loss (the Lagrangian methods' nu (Q_risk(s, pi(s)) - eps))."""
+        return 0.0
+
+    def training_reward(self, reward: float, cost: float) -> float:
+        """The reward SAC learns from (RP: r - P c); the episode's return stays the environment's."""
+        return reward
+
+    def begin_episode(self, episode: int) -> None:
+        """Called before each Phase-3 episode (RSPO's schedule)."""
 
     # ------------------------------------------------------------------------- checkpoints
 
