@@ -9,6 +9,8 @@ Parts (docs/results.md):
               Unconstrained SAC, on Navigation 1, Navigation 2 and Maze, Recovery RL's gamma_risk /
               eps_risk / pos_fraction, navigation episodes that end and succeed within 4 of the goal,
               400 / 500 episodes, RRL_CHECK_SEEDS seeds, the paper preset's networks.
+  rrl_baselines  Recovery RL's comparisons LR, SQRL, RSPO, RP, RCPO (baselines.py) in the check's
+              setting, beside its RRL and Unconstrained runs (docs/baselines.md).
   comparison  the five methods on the six environments (--env: some of them), 3 seeds in quick,
               COMPARISON_SEEDS in paper; results/<env>/summary.{md,json} and figures.
   figure2     Maze, Multi-Task vs. MESA: after Phase 1, adapt on D_test and score Q_risk on the
@@ -43,6 +45,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import baselines  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
@@ -52,7 +55,7 @@ import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import atomic_write  # noqa: E402
 
-PARTS = ("rrl_check", "comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
+PARTS = ("rrl_check", "rrl_baselines", "comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
 COMPARISON_SEEDS = 5
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
@@ -385,6 +388,72 @@ def rrl_check_table(summary: dict) -> str:
                                "Command: python3 paper.py --only rrl_check")
 
 
+def rrl_baselines(out: str, preset: str, workers: int, data_root: str = "data", seeds: int = RRL_CHECK_SEEDS) -> str:
+    """Recovery RL's comparisons LR, SQRL, RSPO, RP, RCPO in the check's setting (its data, gamma_risk,
+    eps_risk, episodes), beside the check's RRL and Unconstrained runs, which it reuses or runs;
+    writes rrl_baselines/summary.{md,json} and the successes / violations figure."""
+    check = rrl_check_jobs(os.path.join(out, "rrl_check"), preset, data_root, seeds)
+    folder = os.path.join(out, "rrl_baselines")
+    jobs = [dataclasses.replace(j, out=folder, method=m) for j in check if j.method == "unconstrained"
+            for m in baselines.BASELINES]
+    for env in RRL_CHECK_EPISODES:
+        prepare(env, check[0].preset, data_root)
+        datasets.get_oracle(env, check[0].preset, data_root, progress=True, seed=run.DATA_SEED,
+                            variant="rrl" if env == "navigation2" else "mesa")
+    run.run_jobs([j for j in check + jobs if not run.finished(j)], workers, 1)
+    summary, by_env, seed_list = {}, {}, range(seeds)
+    for env in RRL_CHECK_EPISODES:
+        ours, ours_metrics = report.load_runs(os.path.join(folder, env), baselines.BASELINES, seed_list)
+        theirs, theirs_metrics = report.load_runs(os.path.join(out, "rrl_check", env), RRL_CHECK_METHODS, seed_list)
+        runs, metrics = {**theirs, **ours}, {**theirs_metrics, **ours_metrics}
+        for r in (r for method_runs in runs.values() for r in method_runs):
+            r["success_violation_ratio"] = success_violation_ratio(r)
+        summary[env] = {m: report.method_summary(runs[m], metrics[m], True) for m in runs}
+        for m in runs:
+            summary[env][m]["final_success_violation_ratio"] = float(np.mean([r["success_violation_ratio"][-1] for r in runs[m]]))
+        by_env[env] = runs
+    report.write_json(os.path.join(folder, "summary.json"), summary)
+    table = rrl_baselines_table(summary)
+    atomic_write(os.path.join(folder, "summary.md"), table + "\n\n![ratio](success_violation_ratio.png)\n")
+    plot_ratio(os.path.join(folder, "success_violation_ratio.png"), by_env)
+    return table
+
+
+def success_violation_ratio(run_episodes: dict) -> np.ndarray:
+    """(cumulative successes + 1) / (cumulative violations + 1) after each episode (Recovery RL's plot)."""
+    return (np.cumsum(run_episodes["success"]) + 1) / (np.cumsum(run_episodes["violation"]) + 1)
+
+
+def rrl_baselines_table(summary: dict) -> str:
+    lines = ["| env | method | seeds | episodes | violating episodes | success rate, last 100 | "
+             "(successes + 1) / (violations + 1) at the end |", "|---|---|---|---|---|---|---|"]
+    for env, methods in summary.items():
+        for name, s in methods.items():
+            label = report.LABELS["rrl" if name == "rrl_oracle" else name]
+            lines.append(f"| {report.TITLES[env]} | {label} | {s['seeds']} | {s['episodes']} | "
+                         f"{report.cell(s, 'violation_rate')} | {report.cell(s, 'success_rate_last100', '{:.2f} ± {:.2f}')} | "
+                         f"{s['final_success_violation_ratio']:.2f} |")
+    return "\n".join(lines) + ("\n\nMean ± standard error over seeds (the ratio: mean over seeds). RRL is the "
+                               "Recovery RL check's run. Command: python3 paper.py --only rrl_baselines")
+
+
+def plot_ratio(path: str, by_env: dict) -> None:
+    """Cumulative successes over cumulative violations (each + 1) against episodes, one panel per env."""
+    fig, axes = plt.subplots(1, len(by_env), figsize=(4.6 * len(by_env), 3.6), squeeze=False)
+    for ax, (env, runs) in zip(axes[0], by_env.items()):
+        for method, method_runs in runs.items():
+            n = min(len(r["success_violation_ratio"]) for r in method_runs)
+            curves = np.stack([r["success_violation_ratio"][:n] for r in method_runs])
+            name = "rrl" if method == "rrl_oracle" else method
+            ax.plot(np.arange(1, n + 1), curves.mean(0), color=report.COLOURS.get(name),
+                    label=f"{report.LABELS[name]} ({len(method_runs)} seeds)")
+        ax.set(yscale="log", xlabel="Episode", ylabel="(successes + 1) / (violations + 1)", title=report.TITLES[env])
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- all of it
 
 def comparison_seeds(preset: str) -> int:
@@ -453,7 +522,7 @@ def main(argv=None) -> None:
                         help="the comparison's seeds 0..N-1 (default: 3 for quick, 5 for paper)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    parts = {"rrl_check": rrl_check,
+    parts = {"rrl_check": rrl_check, "rrl_baselines": rrl_baselines,
              "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds), "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
              "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:

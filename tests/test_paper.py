@@ -130,3 +130,18 @@ def test_comparison_writes_summary_json_table_and_paths(tmp_path):
     assert table.count("| navigation1 |") == len(paper.mesa.METHODS)
     pictures = list((tmp_path / "r" / "navigation1" / "paths").glob("*.png"))
     assert len(pictures) == len(paper.mesa.METHODS) * paper.comparison_seeds("smoke")
+
+
+def test_rrl_baselines_runs_the_five_beside_rrl_and_writes_the_ratio(tmp_path):
+    table = paper.rrl_baselines(str(tmp_path), "smoke", 1, str(tmp_path / "data"), seeds=1)
+    summary = json.load(open(tmp_path / "rrl_baselines" / "summary.json"))
+    for env in paper.RRL_CHECK_EPISODES:
+        assert set(summary[env]) == {*paper.baselines.BASELINES, "rrl_oracle", "unconstrained"}
+        assert all(s["final_success_violation_ratio"] > 0 for s in summary[env].values())
+    assert (tmp_path / "rrl_baselines" / "success_violation_ratio.png").stat().st_size > 0
+    assert "| Navigation 1 | RCPO |" in table
+
+
+def test_success_violation_ratio_counts_from_one():
+    episodes = {"success": np.array([0, 1, 1, 0.0]), "violation": np.array([1, 0, 0, 1])}
+    assert paper.success_violation_ratio(episodes).tolist() == [0.5, 1.0, 1.5, 1.0]
