@@ -165,9 +165,11 @@ def plot_heatmaps(path: str, by_method: dict) -> None:
                               vmin=0, vmax=1, cmap="viridis")
             for x0, x1, y0, y1 in envs.maze_walls(*envs.test_task("maze")["w"]):
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1))
-            ax.plot(*envs.MAZE_GOAL, "w*")
+            ax.plot(*envs.MAZE_GOAL, "w*", label="goal")
             ax.set_title(f"{report.LABELS[method]}, {step} adaptation steps", fontsize=9)
-            ax.set_xticks([]), ax.set_yticks([])
+            ax.set(xlabel="x", ylabel="y")
+            if row == col == 0:
+                ax.legend(loc="lower left", fontsize=7, framealpha=0.5)
     fig.colorbar(image, ax=axes, shrink=0.8, label="Q_risk, mean over 9 actions")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -240,7 +242,8 @@ def plot_figure6(path: str, points: dict) -> None:
         ax.errorbar(np.arange(len(names)) + offset, means, ses, fmt="o", capsize=3,
                     color=report.COLOURS[method], label=report.LABELS[method])
     ax.set_xticks(range(len(names)), [n.replace("D_test x ", "D_test x\n").replace("partial ", "partial\n") for n in names], fontsize=8)
-    ax.set_ylim(0, None)   # from zero: the differences are a fraction of one violation
+    top = max(m + s for m, s in points.values())
+    ax.set_ylim(0, 1.12 * top if top > 0 else 1)   # from zero, with room above the top error bar
     ax.set_ylabel("cumulative violations"), ax.set_title("HalfCheetah-Disabled"), ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

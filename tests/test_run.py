@@ -421,3 +421,35 @@ def test_ray_reports_a_failed_job_and_finishes_the_others():
     outcome = dict(run.ray_map(math.sqrt, [4.0, -1.0, 9.0], threads=1, local_cpus=2))
     assert outcome[4.0] == 2.0 and outcome[9.0] == 3.0
     assert isinstance(outcome[-1.0], Exception) and "math domain error" in str(outcome[-1.0])
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_two_workers_show_progress_lines(tmp_path, data_root):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "run.py", "--preset", "smoke", "--seeds", "2", "--workers", "2", "--env",
+                           "navigation1", "--methods", "rrl", "--out", str(tmp_path), "--data-root", str(data_root)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0
+    for seed in (0, 1):
+        for phase in ("phase1", "phase3"):
+            assert any(line.startswith(f"navigation1/rrl/seed{seed} {phase} ") and "ETA" in line
+                       for line in done.stderr.splitlines()), done.stderr
+
+
+def test_default_output_leaves_tracked_files_alone():
+    """A run with the default --out (runs/, git-ignored) changes nothing git tracks."""
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse"], cwd=ROOT).returncode != 0:
+        pytest.fail("this test needs the git checkout (CI runs in one)")
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout  # noqa: E731
+    before = status()
+    done = subprocess.run([sys.executable, "run.py", "--preset", "smoke", "--seed", "0", "--workers", "1", "--env",
+                           "navigation1", "--methods", "unconstrained", "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "runs/smoke" in done.stdout
+    assert status() == before
