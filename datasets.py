@@ -36,7 +36,6 @@ that says how to regenerate. Seeds: training file i uses seed 1000 * seed + i, t
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -53,7 +52,7 @@ import numpy as np
 import torch
 
 import envs
-from sac import FIELDS, SAC, ReplayBuffer, SACConfig, atomic_write, set_seed
+from sac import FIELDS, SAC, OneLineParser, ReplayBuffer, SACConfig, atomic_write, set_seed
 
 FORMAT_VERSION = 2
 PRESETS = ("smoke", "quick", "paper")
@@ -559,11 +558,11 @@ def _row(name: str, label: str, group: list[dict], seconds: float) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description="Generate (or load and verify) the offline datasets and print what they hold. "
                     "The locomotion environments run an SAC per task: docs/datasets.md gives the times.")
-    parser.add_argument("--env", default="all", choices=("all",) + envs.ENV_NAMES,
-                        help="which environment (default: all)")
+    parser.add_argument("--env", required=True, choices=("all",) + envs.ENV_NAMES,
+                        help="which environment, or all (the SAC-replay environments take an hour or more each)")
     parser.add_argument("--preset", default="quick", choices=PRESETS,
                         help="dataset sizes (default: %(default)s)")
     parser.add_argument("--root", default="data", help="cache folder (default: %(default)s)")

@@ -58,7 +58,7 @@ from baselines import BASELINES, USES_CRITIC, BaselineConfig, ConstrainedSAC
 from mesa import METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig
 from recovery_rl import (Phase3Progress, RecoveryConfig, Safety, learn_online, phase3_checkpoint, restore_phase3,
                          safety_critic_loss)
-from sac import SAC, ReplayBuffer, SACConfig, atomic_write, save_checkpoint, set_seed
+from sac import SAC, OneLineParser, ReplayBuffer, SACConfig, atomic_write, save_checkpoint, set_seed
 
 DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
 HELDOUT_SEED = 998            # D_test is file seed 999 (datasets.py): a different random collection
@@ -161,13 +161,6 @@ def apply(hp: Hyperparameters, changes: dict) -> Hyperparameters:
         group, name = key.split(".")
         setattr(groups[group], name, value)
     return Hyperparameters(**{name: dataclasses.replace(cfg) for name, cfg in groups.items()})  # re-validates
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit status 2), without the usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ log pi is computed once per update and reused for the alpha loss; both give iden
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import os
@@ -44,6 +45,13 @@ def set_global_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     name, key, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit status 2), without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 def require(condition: bool, message: str) -> None:
