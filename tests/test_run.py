@@ -121,7 +121,7 @@ def test_workers_run_jobs_in_parallel_processes(tmp_path, data_root):
 
 @pytest.mark.parametrize("argv, message", [
     (["--env", "moon"], "unknown environment 'moon'"),
-    (["--methods", "mesa,sqrl"], "unknown method 'sqrl'"),
+    (["--methods", "mesa,sarsa"], "unknown method 'sarsa'"),
     (["--recovery-eps-risk", "1.5"], "eps_risk must lie in [0, 1], got 1.5"),
     (["--episodes", "-3"], "--episodes must be >= 1"),
     (["--sac-batch-size", "0"], "SAC batch size must be >= 1"),
