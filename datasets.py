@@ -94,8 +94,8 @@ PRESET_SPECS = {
               "ant": CollectSpec(1000, 1000, 100, 0, 200, 0.0, (16, 16), 16)},
     "quick": {**_point_specs(10_000, (100, 200, 200), (20_000, 20_000, 10_000)),
               "cartpole": CollectSpec(20_000, 1_000, 10_000, 0, 100, 1.0, (64, 64), 64),
-              "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.25, (64, 64), 64),
-              "ant": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.25, (64, 64), 64)},
+              "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.5, (128, 128), 128),
+              "ant": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.5, (128, 128), 128)},
     "paper": {**_point_specs(10_000, (100, 200, 200), (20_000, 20_000, 10_000)),
               "cartpole": CollectSpec(20_000, 1_000, 10_000, 0, 100, 1.0),
               "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 1.0),
@@ -218,10 +218,21 @@ def sac_replay(name: str, task: dict, n: int, seed: int, spec: CollectSpec,
             while credit >= 1.0:
                 agent.update(collector_batch(buf.sample(spec.sac_batch), spec.violation_ends_value))
                 credit -= 1.0
-        if progress and (step + 1) % 50_000 == 0:
-            print(f"  {name}: {step + 1}/{n} SAC steps, {time.time() - t0:.0f} s", file=sys.stderr)
+        if progress and (step + 1) % PROGRESS_EVERY == 0:
+            print(f"  {name} seed {seed}: {step + 1}/{n} SAC steps, {time.time() - t0:.0f} s, "
+                  f"{recent_progress(buf, PROGRESS_EVERY)}", file=sys.stderr, flush=True)
     env.close()
     return buf.arrays()
+
+
+PROGRESS_EVERY = 25_000
+
+
+def recent_progress(buf: ReplayBuffer, n: int) -> str:
+    """The collector's last n steps: reward per step and violation rows (is it learning?)."""
+    rows = np.arange(buf.ptr - n, buf.ptr) % buf.capacity
+    rewards, costs = buf.data["rewards"][rows], buf.data["costs"][rows]
+    return f"last {n}: reward/step {rewards.mean():.2f}, violation rows {costs.mean():.1%}"
 
 
 def collector_batch(batch: dict, violation_ends_value: bool) -> dict:

@@ -13,6 +13,9 @@ Parts (docs/results.md):
               setting, beside its RRL and Unconstrained runs (docs/baselines.md).
   comparison  the five methods on the six environments (--env: some of them), 3 seeds in quick,
               COMPARISON_SEEDS in paper; results/<env>/summary.{md,json} and figures.
+  mesa_variants  MESA as the paper describes it vs. as its authors' code ran it (--mesa-variant
+              authors), beside Multi-Task, on HalfCheetah, Ant and Navigation 1, 3 seeds; the paper
+              variants are the comparison's runs (docs/mesa_variants.md).
   figure2     Maze, Multi-Task vs. MESA: after Phase 1, adapt on D_test and score Q_risk on the
               held-out set after each of ADAPT_STEPS steps (AUROC and loss against adaptation
               steps); Q_risk heatmaps over the maze after HEATMAP_STEPS steps (paper Figure 2).
@@ -55,7 +58,8 @@ import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import atomic_write  # noqa: E402
 
-PARTS = ("rrl_check", "rrl_baselines", "comparison", "figure2", "figure6", "outer_lr", "eps_risk", "long", "raw_inputs")
+PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2", "figure6", "outer_lr", "eps_risk",
+         "long", "raw_inputs")
 COMPARISON_SEEDS = 5
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
@@ -327,6 +331,79 @@ def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> 
                             range(RAW_SEEDS), True)
 
 
+# ----------------------------------------------------------------------------- MESA variants
+
+MESA_VARIANT_ENVS = ("halfcheetah", "ant", "navigation1")
+MESA_VARIANT_SEEDS = 3
+# (row name, method, variant): the paper variants are the comparison's own runs
+MESA_VARIANT_ROWS = (("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"),
+                     ("multitask", "multitask", "paper"), ("multitask_authors", "multitask", "authors"))
+
+
+def mesa_variant_job(env: str, method: str, variant: str, seed: int, out: str, preset: str,
+                     data_root: str) -> run.Job | None:
+    """One run of the study: the comparison's run for the paper variant, one under
+    <out>/mesa_variants/authors for the authors' (None where that variant changes nothing)."""
+    changes = run.variant_changes(variant, env, method)
+    if variant == "paper":
+        return job(env, method, seed, out, preset, data_root)
+    if not changes:
+        return None
+    return job(env, method, seed, os.path.join(out, "mesa_variants", "authors"), preset, data_root, **changes)
+
+
+def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
+                  env_names=MESA_VARIANT_ENVS, seeds: int = MESA_VARIANT_SEEDS) -> str:
+    """MESA as the paper describes it vs. as its authors' code ran it (run.py --mesa-variant
+    authors), beside Multi-Task, same seeds and budget: critic AUROC after Phases 1 and 2 (held-out)
+    and on the states Phase 3 visited, Phase-3 violations and return (docs/mesa_variants.md).
+    Writes <out>/mesa_variants/summary.{md,json}."""
+    jobs = {}
+    for env in env_names:
+        prepare(env, preset, data_root)
+        for s in range(seeds):
+            for row, method, variant in MESA_VARIANT_ROWS:
+                j = mesa_variant_job(env, method, variant, s, out, preset, data_root)
+                if j is not None:
+                    jobs[(env, row, s)] = j
+    run.run_jobs([j for j in jobs.values() if not run.finished(j)], workers, 1)
+    summary = {env: {} for env in env_names}
+    for env in env_names:
+        for row, method, _ in MESA_VARIANT_ROWS:
+            folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row]
+            runs, metrics = load_folders(folders)
+            if runs:
+                summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
+    folder = os.path.join(out, "mesa_variants")
+    report.write_json(os.path.join(folder, "summary.json"), {"preset": preset, "envs": summary})
+    table = mesa_variants_table(summary)
+    atomic_write(os.path.join(folder, "summary.md"), table + "\n")
+    return table
+
+
+def load_folders(folders: list[str]) -> tuple[list[dict], list[dict]]:
+    """(episodes, metrics.json) of the finished runs among the folders."""
+    done = [f for f in folders if os.path.exists(os.path.join(f, "episodes.csv"))]
+    return ([report.read_episodes(os.path.join(f, "episodes.csv")) for f in done],
+            [json.load(open(os.path.join(f, "metrics.json"))) for f in done])
+
+
+def mesa_variants_table(summary: dict) -> str:
+    lines = ["| env | method | seeds | AUROC held-out (Phase 1 / 2) | AUROC on-policy (start / end) "
+             "| cumulative violations | final return |", "|---|---|---|---|---|---|---|"]
+    for env, rows in summary.items():
+        for row, s in rows.items():
+            a = s["critic_auroc"]
+            lines.append(f"| {env} | {report.LABELS.get(row, row)} | {s['seeds']} | "
+                         f"{report.cell(a, 'heldout_after_phase1', '{:.2f} ± {:.2f}')} / "
+                         f"{report.cell(a, 'heldout_after_phase2', '{:.2f} ± {:.2f}')} | "
+                         f"{report.cell(a, 'onpolicy_start', '{:.2f} ± {:.2f}')} / "
+                         f"{report.cell(a, 'onpolicy_final', '{:.2f} ± {:.2f}')} | "
+                         f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
+                         f"{report.cell(s, 'final_return', '{:.1f} ± {:.1f}')} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- the Recovery RL check
 
 RRL_CHECK_EPISODES = {"navigation1": 400, "navigation2": 400, "maze": 500}
@@ -526,7 +603,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     parts = {"rrl_check": rrl_check, "rrl_baselines": rrl_baselines,
-             "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds), "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
+             "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds),
+             "mesa_variants": mesa_variants, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
              "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)

@@ -35,7 +35,8 @@ COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:gre
            "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black"}
 LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
           "rrl_oracle": "RRL-oracle", "lr": "LR", "sqrl": "SQRL", "rspo": "RSPO",
-          "rp": "RP", "rcpo": "RCPO"}
+          "rp": "RP", "rcpo": "RCPO", "mesa_authors": "MESA (authors' variant)",
+          "multitask_authors": "Multi-Task (authors' variant)"}
 TITLES = {"navigation1": "Navigation 1", "navigation2": "Navigation 2", "maze": "Maze",
           "cartpole": "Cartpole-Length", "halfcheetah": "HalfCheetah-Disabled", "ant": "Ant-Disabled"}
 

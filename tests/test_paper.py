@@ -145,3 +145,23 @@ def test_rrl_baselines_runs_the_five_beside_rrl_and_writes_the_ratio(tmp_path):
 def test_success_violation_ratio_counts_from_one():
     episodes = {"success": np.array([0, 1, 1, 0.0]), "violation": np.array([1, 0, 0, 1])}
     assert paper.success_violation_ratio(episodes).tolist() == [0.5, 1.0, 1.5, 1.0]
+
+
+def test_mesa_variants_runs_the_authors_variant_beside_the_comparisons_runs(tmp_path):
+    out, data = str(tmp_path / "r"), str(tmp_path / "data")
+    table = paper.mesa_variants(out, "smoke", 1, data, env_names=("navigation1", "halfcheetah"), seeds=1)
+    summary = json.load(open(tmp_path / "r" / "mesa_variants" / "summary.json"))["envs"]
+    # Multi-Task's authors' variant differs only where it adds the training data to Phase 2
+    assert set(summary["navigation1"]) == {"mesa", "mesa_authors", "multitask"}
+    assert set(summary["halfcheetah"]) == {"mesa", "mesa_authors", "multitask", "multitask_authors"}
+    assert (tmp_path / "r" / "halfcheetah" / "mesa" / "seed0" / "episodes.csv").exists()   # the comparison's run
+    authors = json.load(open(tmp_path / "r" / "mesa_variants" / "authors" / "halfcheetah" / "mesa" / "seed0"
+                             / "config.json"))["hyperparameters"]
+    assert authors["meta"]["learn_inner_lr"] and authors["meta"]["target"] == "current"
+    assert list(authors["recovery"]["hidden"]) == [100, 100, 100]
+    paper_run = json.load(open(tmp_path / "r" / "halfcheetah" / "mesa" / "seed0" / "config.json"))["hyperparameters"]
+    assert not paper_run["meta"].get("learn_inner_lr", False)
+    for rows in summary.values():
+        for s in rows.values():
+            assert s["seeds"] == 1 and "heldout_after_phase1" in s["critic_auroc"]
+    assert table.count("| halfcheetah |") == 4 and "MESA (authors' variant)" in table
