@@ -115,7 +115,7 @@ class ConstrainedSAC(SAC):
 
     @property
     def multiplier(self) -> float:
-        return float(self.log_multiplier.exp())
+        return float(self.log_multiplier.detach().exp())
 
     def eps(self) -> float:
         return self.safety.cfg.eps_risk

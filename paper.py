@@ -13,24 +13,9 @@ Parts (docs/results.md):
               setting, beside its RRL and Unconstrained runs (docs/baselines.md).
   comparison  the five methods on the six environments (--env: some of them), 3 seeds in quick,
               COMPARISON_SEEDS in paper; results/<env>/summary.{md,json} and figures.
-  mesa_variants  MESA as the paper describes it vs. as its authors' code ran it (--mesa-variant
-              authors), beside Multi-Task, on HalfCheetah, Ant and Navigation 1, 3 seeds; the paper
-              variants are the comparison's runs (docs/mesa_variants.md).
-  figure2     Maze, Multi-Task vs. MESA: after Phase 1, adapt on D_test and score Q_risk on the
-              held-out set after each of ADAPT_STEPS steps (AUROC and loss against adaptation
-              steps); Q_risk heatmaps over the maze after HEATMAP_STEPS steps (paper Figure 2).
-  figure6     HalfCheetah-Disabled, MESA vs. Multi-Task: the first 1, 1/2, ..., 1/16 of D_test, and
-              the partial-power-loss test task (paper Figure 6, section 6.2).
-  outer_lr    MESA's Phase-1 critic on HalfCheetah and Ant at outer learning rates OUTER_LRS, the
-              same number of meta-steps each: is the paper's alpha2 = 1e-5 why it lags Multi-Task?
-  eps_risk    Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS (the same
-              grid for every method): is the filter threshold why no method avoids violations?
-  long        Navigation 1 (the paper preset's 300 episodes) and HalfCheetah (100), the four
-              methods, Phase 3 continued from the comparison's cached Phases 1-2: does the picture
-              change once SAC has time to learn?
-  raw_inputs  Navigation 1 without the input standardisation (run.py --no-scale-inputs), the four
-              methods: what the standardisation changes.
-Outputs go under --out (run.py's layout for the runs), plus figure2/, figure6/, outer_lr/ and
+  mesa_variants, figure2, figure6, outer_lr, eps_risk, long, raw_inputs
+              the studies beyond the comparison: studies.py says what each one measures.
+Outputs go under --out (run.py's layout for the runs), plus one folder per study and
 RESULTS_<part>.md, the tables docs/results.md quotes.
 """
 from __future__ import annotations
@@ -39,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 
 import matplotlib
 import numpy as np
@@ -55,353 +39,13 @@ import evaluate  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
-from recovery_rl import Safety  # noqa: E402
+import studies  # noqa: E402
 from sac import atomic_write  # noqa: E402
+from studies import job, prepare  # noqa: E402
 
 PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2", "figure6", "outer_lr", "eps_risk",
          "long", "raw_inputs")
 COMPARISON_SEEDS = 5
-ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
-HEATMAP_STEPS = (0, 10, 500)
-FIGURE2_SEEDS = 5
-FIGURE6_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0625)
-FIGURE6_SEEDS = 3
-OUTER_LRS = (1e-5, 1e-4, 1e-3)
-OUTER_LR_SEEDS = 3
-EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
-EPS_SEEDS = 3
-LONG_EPISODES = {"navigation1": run.PAPER_EPISODES["navigation1"], "halfcheetah": 100}
-LONG_SEEDS = 3
-RAW_SEEDS = 3
-HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
-
-
-def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str, **changes) -> run.Job:
-    """A run.py job with the preset's configuration; changes go to Job fields or "group.field"s."""
-    hp, episodes = run.preset_config(env, preset)
-    hp = run.apply(hp, {k: v for k, v in changes.items() if "." in k})
-    fields = {"test_variant": "default", "episodes": episodes, **{k: v for k, v in changes.items() if "." not in k}}
-    return run.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
-                   data_root=data_root, progress="lines", **fields)
-
-
-def prepare(env: str, preset: str, data_root: str, variant: str = "default") -> None:
-    """Generate missing datasets before the workers start, so no two processes write one file."""
-    datasets.get_datasets(env, preset, data_root, variant, progress=True, seed=run.DATA_SEED)
-    run.heldout_set(env, preset, data_root, variant)
-
-
-def reuse_offline_phases(out: str, jobs: list[run.Job]) -> None:
-    """Copy the comparison's cached Phases 1-2 (phase2.pt) into the jobs' folders.
-
-    run.py reuses a copy only where its key matches, i.e. where nothing Phases 1-2 depend on
-    changed (the number of episodes and eps_risk do not enter them).
-    """
-    for j in jobs:
-        cached = os.path.join(out, j.env, j.method, f"seed{j.seed}", "phase2.pt")
-        if j.method != "unconstrained" and os.path.exists(cached) and not os.path.exists(os.path.join(j.folder, "phase2.pt")):
-            os.makedirs(j.folder, exist_ok=True)
-            shutil.copyfile(cached, os.path.join(j.folder, "phase2.pt"))
-
-
-def parallel(function, jobs: list, workers: int) -> list:
-    """function(job) for every job in `workers` spawned single-thread processes, in order."""
-    if workers <= 1:
-        return [function(j) for j in jobs]
-    return list(run.pool_map(function, jobs, workers, 1))
-
-
-# ----------------------------------------------------------------------------- Figure 2
-
-def heatmap(safety: Safety, scale, n: int = 61) -> np.ndarray:
-    """Q_risk over an n x n grid of the maze, averaged over the nine actions {-1, 0, 1}^2.  # (n, n)"""
-    xs = np.linspace(-envs.MAZE_HALF, envs.MAZE_HALF, n, dtype=np.float32)
-    grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)           # row i: y = xs[i]
-    obs = torch.from_numpy(scale({"observations": grid, "next_observations": grid})["observations"])
-    with torch.no_grad():
-        q = torch.stack([safety.q_risk(obs, a.expand(len(obs), 2)) for a in HEATMAP_ACTIONS])
-    return q.mean(0).reshape(n, n).numpy()
-
-
-def adaptation_curve(j: run.Job) -> dict:
-    """Phase 1, then Phase 2 on D_test with Q_risk scored after each of ADAPT_STEPS steps."""
-    train, test, env, scale = run.load_inputs(j)
-    heldout = scale(run.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
-    agent, safety = run.fresh_networks(j, env)
-    train_buffers, test_buffer = run.offline_buffers(j, train, test)
-    mesa.phase1(j.method, safety, train_buffers, test_buffer, agent.policy, j.hp, j.seed)
-    curve, maps = [], {}
-
-    def record(step: int) -> None:
-        if step in ADAPT_STEPS:
-            curve.append({"step": step, **run.critic_quality(safety, heldout, agent.policy)})
-        if step in HEATMAP_STEPS and j.seed == 0:    # maps of seed 0 only: they are plotted, and large
-            maps[step] = heatmap(safety, scale)
-
-    record(0)
-    hp = dataclasses.replace(j.hp, adapt=dataclasses.replace(j.hp.adapt, steps=max(ADAPT_STEPS)))
-    mesa.phase2(j.method, safety, test_buffer, agent.policy, hp, lambda step, _: record(step + 1))
-    return {"method": j.method, "seed": j.seed, "curve": curve, "heatmaps": maps}
-
-
-def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    folder = os.path.join(out, "figure2")
-    prepare("maze", preset, data_root)
-    jobs = [job("maze", m, s, folder, preset, data_root) for m in ("multitask", "mesa") for s in range(FIGURE2_SEEDS)]
-    results = parallel(adaptation_curve, jobs, workers)
-    report.write_json(os.path.join(folder, "adaptation.json"),
-                      [{k: v for k, v in r.items() if k != "heatmaps"} for r in results])
-    np.savez_compressed(os.path.join(folder, "heatmaps.npz"), **{
-        f"{r['method']}_{step}_steps": np.array(q) for r in results for step, q in r["heatmaps"].items()})
-    by_method = {m: [r for r in results if r["method"] == m] for m in ("multitask", "mesa")}
-    plot_heatmaps(os.path.join(folder, "heatmaps.png"), by_method)
-    return plot_adaptation(os.path.join(folder, "adaptation.png"), by_method)
-
-
-def plot_heatmaps(path: str, by_method: dict) -> None:
-    """Seed 0's Q_risk maps, one row per method, one column per number of adaptation steps."""
-    fig, axes = plt.subplots(2, len(HEATMAP_STEPS), figsize=(3.2 * len(HEATMAP_STEPS), 6.2), squeeze=False)
-    h = envs.MAZE_HALF
-    for row, (method, runs) in enumerate(by_method.items()):
-        for col, step in enumerate(HEATMAP_STEPS):
-            ax = axes[row, col]
-            image = ax.imshow(runs[0]["heatmaps"][step], origin="lower", extent=(-h, h, -h, h),
-                              vmin=0, vmax=1, cmap="viridis")
-            for x0, x1, y0, y1 in envs.maze_walls(*envs.test_task("maze")["w"]):
-                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1))
-            ax.plot(*envs.MAZE_GOAL, "w*", label="goal")
-            ax.set_title(f"{report.LABELS[method]}, {step} adaptation steps", fontsize=9)
-            ax.set(xlabel="x", ylabel="y")
-            if row == col == 0:
-                ax.legend(loc="lower left", fontsize=7, framealpha=0.5)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="Q_risk, mean over 9 actions")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_adaptation(path: str, by_method: dict) -> str:
-    """Held-out AUROC and loss against adaptation steps, mean +- s.e.; returns a markdown table."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    rows = {}
-    for method, runs in by_method.items():
-        for ax, key in zip(axes, ("auroc", "loss")):
-            values = np.array([[point[key] for point in r["curve"]] for r in runs])
-            mean, se = values.mean(0), values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0 * values[0]
-            steps = np.array(ADAPT_STEPS)
-            ax.plot(steps, mean, color=report.COLOURS[method], label=report.LABELS[method])
-            ax.fill_between(steps, mean - se, mean + se, color=report.COLOURS[method], alpha=0.2)
-            rows[(method, key)] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, se)]
-    for ax, label in zip(axes, ("held-out AUROC", "held-out loss")):
-        ax.set_xscale("symlog", linthresh=1), ax.set_xlabel("adaptation steps on D_test"), ax.set_ylabel(label)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    header = "| method | measure | " + " | ".join(f"{s} steps" for s in ADAPT_STEPS) + " |"
-    lines = [header, "|" + "---|" * (len(ADAPT_STEPS) + 2)]
-    lines += [f"| {report.LABELS[m]} | {k} | " + " | ".join(v) + " |" for (m, k), v in rows.items()]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- Figure 6
-
-def figure6(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    """HalfCheetah MESA vs. Multi-Task on shares of D_test and on the partial-power-loss task."""
-    conditions = {f"D_test x {f:g}": dict(test_fraction=f) for f in FIGURE6_FRACTIONS}
-    conditions["partial power loss"] = dict(test_variant="partial")
-    prepare("halfcheetah", preset, data_root), prepare("halfcheetah", preset, data_root, "partial")
-    folders, jobs = {}, []
-    for name, change in conditions.items():
-        # the full D_test is the comparison's own setting: its runs are shared with it
-        folder = out if change == {"test_fraction": 1.0} else os.path.join(out, "figure6", name.replace(" ", "_"))
-        folders[name] = folder
-        for method in ("multitask", "mesa"):
-            for seed in range(FIGURE6_SEEDS):
-                jobs.append(job("halfcheetah", method, seed, folder, preset, data_root, **change))
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
-    lines = ["| condition | method | cumulative violations | final return | Q_risk AUROC after Phase 2 |",
-             "|---|---|---|---|---|"]
-    points = {}
-    for name, folder in folders.items():
-        for method in ("multitask", "mesa"):
-            runs = [os.path.join(folder, "halfcheetah", method, f"seed{s}") for s in range(FIGURE6_SEEDS)]
-            eps = [report.read_episodes(os.path.join(r, "episodes.csv")) for r in runs]
-            auroc = [json.load(open(os.path.join(r, "metrics.json")))["critic"]["after_phase2"]["auroc"] for r in runs]
-            v, ret, a = (report.mean_se(x) for x in ([e["cumulative_violations"][-1] for e in eps],
-                                                      [report.final_value(e["return"]) for e in eps], auroc))
-            auroc_cell = f"{a[0]:.3f} ± {a[1]:.3f}" if np.isfinite(a[0]) else "n/a (no violation in the held-out set)"
-            lines.append(f"| {name} | {report.LABELS[method]} | {v[0]:.1f} ± {v[1]:.1f} | "
-                         f"{ret[0]:.1f} ± {ret[1]:.1f} | {auroc_cell} |")
-            points[(name, method)] = v
-    plot_figure6(os.path.join(out, "figure6", "violations.png"), points)
-    return "\n".join(lines)
-
-
-def plot_figure6(path: str, points: dict) -> None:
-    """Cumulative violations against the share of D_test (and on the partial task), mean +- s.e."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    names = list(dict.fromkeys(name for name, _ in points))
-    for offset, method in ((-0.08, "multitask"), (0.08, "mesa")):
-        means, ses = zip(*(points[(name, method)] for name in names))
-        ax.errorbar(np.arange(len(names)) + offset, means, ses, fmt="o", capsize=3,
-                    color=report.COLOURS[method], label=report.LABELS[method])
-    ax.set_xticks(range(len(names)), [n.replace("D_test x ", "D_test x\n").replace("partial ", "partial\n") for n in names], fontsize=8)
-    top = max(m + s for m, s in points.values())
-    ax.set_ylim(0, 1.12 * top if top > 0 else 1)   # from zero, with room above the top error bar
-    ax.set_ylabel("cumulative violations"), ax.set_title("HalfCheetah-Disabled"), ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- outer learning rate
-
-def phase1_quality(j: run.Job) -> dict:
-    """Held-out Q_risk quality after Phases 1 and 2 of one job (no Phase 3)."""
-    train, test, env, scale = run.load_inputs(j)
-    heldout = scale(run.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
-    agent, safety = run.fresh_networks(j, env)
-    return run.offline_phases(j, safety, agent.policy, train, test, heldout)["critic"]
-
-
-def outer_lr(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    for env in run.MUJOCO:
-        prepare(env, preset, data_root)
-    jobs = [job(env, "mesa", s, os.path.join(out, "outer_lr"), preset, data_root, **{"meta.outer_lr": lr})
-            for env in run.MUJOCO for lr in OUTER_LRS for s in range(OUTER_LR_SEEDS)]
-    results = parallel(phase1_quality, jobs, workers)
-    report.write_json(os.path.join(out, "outer_lr", "critic.json"),
-                      [{"env": j.env, "outer_lr": j.hp.meta.outer_lr, "seed": j.seed, **r} for j, r in zip(jobs, results)])
-    lines = ["| env | MESA outer lr alpha2 | AUROC after Phase 1 | after Phase 2 | loss after Phase 1 |", "|---|---|---|---|---|"]
-    for env in run.MUJOCO:
-        for lr in OUTER_LRS:
-            rs = [r for j, r in zip(jobs, results) if j.env == env and j.hp.meta.outer_lr == lr]
-            cells = [report.mean_se([r[p][k] for r in rs]) for p, k in
-                     (("after_phase1", "auroc"), ("after_phase2", "auroc"), ("after_phase1", "loss"))]
-            lines.append(f"| {env} | {lr:g} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in cells) + " |")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- eps_risk
-
-def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    prepare("navigation1", preset, data_root)
-    methods = ("rrl", "multitask", "mesa")
-    folders = {eps: out if eps == run.preset_config("navigation1", preset)[0].recovery.eps_risk
-               else os.path.join(out, "eps_risk", f"eps{eps:g}") for eps in EPS_RISKS}
-    jobs = [job("navigation1", m, s, folders[eps], preset, data_root, **{"recovery.eps_risk": eps})
-            for eps in EPS_RISKS for m in methods for s in range(EPS_SEEDS)]
-    reuse_offline_phases(out, jobs)
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
-    lines = ["| eps_risk | method | cumulative violations | final success rate | recovery fraction |",
-             "|---|---|---|---|---|"]
-    for eps in EPS_RISKS:
-        for m in methods:
-            eps_runs = [report.read_episodes(os.path.join(folders[eps], "navigation1", m, f"seed{s}", "episodes.csv"))
-                        for s in range(EPS_SEEDS)]
-            v, ok, rec = (report.mean_se(x) for x in ([e["cumulative_violations"][-1] for e in eps_runs],
-                                                       [report.final_value(e["success"]) for e in eps_runs],
-                                                       [e["recovery_fraction"].mean() for e in eps_runs]))
-            lines.append(f"| {eps:g} | {report.LABELS[m]} | {v[0]:.1f} ± {v[1]:.1f} | {ok[0]:.2f} ± {ok[1]:.2f} | "
-                         f"{rec[0]:.2f} ± {rec[1]:.2f} |")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- long Phase 3
-
-def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    """The comparison's runs continued to the paper preset's number of Phase-3 episodes."""
-    folder, tables = os.path.join(out, "long"), []
-    for env, episodes in LONG_EPISODES.items():
-        jobs = [job(env, m, s, folder, preset, data_root, episodes=episodes)
-                for m in mesa.METHODS for s in range(LONG_SEEDS)]
-        reuse_offline_phases(out, jobs)
-        run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
-        tables.append(report.summarise(os.path.join(folder, env), env, mesa.METHODS, range(LONG_SEEDS),
-                                       envs.HAS_SUCCESS[env]))
-    return "\n\n".join(tables)
-
-
-def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    folder = os.path.join(out, "raw_inputs")
-    jobs = [job("navigation1", m, s, folder, preset, data_root, scale_inputs=False)
-            for m in mesa.METHODS for s in range(RAW_SEEDS)]
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
-    return report.summarise(os.path.join(folder, "navigation1"), "navigation1", mesa.METHODS,
-                            range(RAW_SEEDS), True)
-
-
-# ----------------------------------------------------------------------------- MESA variants
-
-MESA_VARIANT_ENVS = ("halfcheetah", "ant", "navigation1")
-MESA_VARIANT_SEEDS = 3
-# (row name, method, variant): the paper variants are the comparison's own runs
-MESA_VARIANT_ROWS = (("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"),
-                     ("multitask", "multitask", "paper"), ("multitask_authors", "multitask", "authors"))
-
-
-def mesa_variant_job(env: str, method: str, variant: str, seed: int, out: str, preset: str,
-                     data_root: str) -> run.Job | None:
-    """One run of the study: the comparison's run for the paper variant, one under
-    <out>/mesa_variants/authors for the authors' (None where that variant changes nothing)."""
-    changes = run.variant_changes(variant, env, method)
-    if variant == "paper":
-        return job(env, method, seed, out, preset, data_root)
-    if not changes:
-        return None
-    return job(env, method, seed, os.path.join(out, "mesa_variants", "authors"), preset, data_root, **changes)
-
-
-def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
-                  env_names=MESA_VARIANT_ENVS, seeds: int = MESA_VARIANT_SEEDS) -> str:
-    """MESA as the paper describes it vs. as its authors' code ran it (run.py --mesa-variant
-    authors), beside Multi-Task, same seeds and budget: critic AUROC after Phases 1 and 2 (held-out)
-    and on the states Phase 3 visited, Phase-3 violations and return (docs/mesa_variants.md).
-    Writes <out>/mesa_variants/summary.{md,json}."""
-    jobs = {}
-    for env in env_names:
-        prepare(env, preset, data_root)
-        for s in range(seeds):
-            for row, method, variant in MESA_VARIANT_ROWS:
-                j = mesa_variant_job(env, method, variant, s, out, preset, data_root)
-                if j is not None:
-                    jobs[(env, row, s)] = j
-    run.run_jobs([j for j in jobs.values() if not run.finished(j)], workers, 1)
-    summary = {env: {} for env in env_names}
-    for env in env_names:
-        for row, method, _ in MESA_VARIANT_ROWS:
-            folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row]
-            runs, metrics = load_folders(folders)
-            if runs:
-                summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
-    folder = os.path.join(out, "mesa_variants")
-    report.write_json(os.path.join(folder, "summary.json"), {"preset": preset, "envs": summary})
-    table = mesa_variants_table(summary)
-    atomic_write(os.path.join(folder, "summary.md"), table + "\n")
-    return table
-
-
-def load_folders(folders: list[str]) -> tuple[list[dict], list[dict]]:
-    """(episodes, metrics.json) of the finished runs among the folders."""
-    done = [f for f in folders if os.path.exists(os.path.join(f, "episodes.csv"))]
-    return ([report.read_episodes(os.path.join(f, "episodes.csv")) for f in done],
-            [json.load(open(os.path.join(f, "metrics.json"))) for f in done])
-
-
-def mesa_variants_table(summary: dict) -> str:
-    lines = ["| env | method | seeds | AUROC held-out (Phase 1 / 2) | AUROC on-policy (start / end) "
-             "| cumulative violations | final return |", "|---|---|---|---|---|---|---|"]
-    for env, rows in summary.items():
-        for row, s in rows.items():
-            a = s["critic_auroc"]
-            lines.append(f"| {env} | {report.LABELS.get(row, row)} | {s['seeds']} | "
-                         f"{report.cell(a, 'heldout_after_phase1', '{:.2f} ± {:.2f}')} / "
-                         f"{report.cell(a, 'heldout_after_phase2', '{:.2f} ± {:.2f}')} | "
-                         f"{report.cell(a, 'onpolicy_start', '{:.2f} ± {:.2f}')} / "
-                         f"{report.cell(a, 'onpolicy_final', '{:.2f} ± {:.2f}')} | "
-                         f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
-                         f"{report.cell(s, 'final_return', '{:.1f} ± {:.1f}')} |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the Recovery RL check
@@ -604,8 +248,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     parts = {"rrl_check": rrl_check, "rrl_baselines": rrl_baselines,
              "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds),
-             "mesa_variants": mesa_variants, "figure2": figure2, "figure6": figure6, "outer_lr": outer_lr,
-             "eps_risk": eps_risk, "long": long_phase3, "raw_inputs": raw_inputs}
+             "mesa_variants": studies.mesa_variants, "figure2": studies.figure2, "figure6": studies.figure6,
+             "outer_lr": studies.outer_lr, "eps_risk": studies.eps_risk, "long": studies.long_phase3,
+             "raw_inputs": studies.raw_inputs}
     for name in args.only:
         print(f"== {name}", flush=True)
         try:

@@ -8,6 +8,7 @@ import datasets
 import envs
 import paper
 import run
+import studies
 from conftest import random_dataset
 
 
@@ -52,10 +53,10 @@ def test_test_fraction_and_scaling_change_the_run_key():
 
 
 def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(paper, "ADAPT_STEPS", (0, 1, 4))
-    monkeypatch.setattr(paper, "HEATMAP_STEPS", (0, 4))
-    monkeypatch.setattr(paper, "FIGURE2_SEEDS", 1)
-    table = paper.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
+    monkeypatch.setattr(studies, "ADAPT_STEPS", (0, 1, 4))
+    monkeypatch.setattr(studies, "HEATMAP_STEPS", (0, 4))
+    monkeypatch.setattr(studies, "FIGURE2_SEEDS", 1)
+    table = studies.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
     assert "Multi-Task | auroc" in table and "MESA | loss" in table
     results = json.load(open(tmp_path / "figure2" / "adaptation.json"))
     assert [r["method"] for r in results] == ["multitask", "mesa"]
@@ -149,7 +150,7 @@ def test_success_violation_ratio_counts_from_one():
 
 def test_mesa_variants_runs_the_authors_variant_beside_the_comparisons_runs(tmp_path):
     out, data = str(tmp_path / "r"), str(tmp_path / "data")
-    table = paper.mesa_variants(out, "smoke", 1, data, env_names=("navigation1", "halfcheetah"), seeds=1)
+    table = studies.mesa_variants(out, "smoke", 1, data, env_names=("navigation1", "halfcheetah"), seeds=1)
     summary = json.load(open(tmp_path / "r" / "mesa_variants" / "summary.json"))["envs"]
     # Multi-Task's authors' variant differs only where it adds the training data to Phase 2
     assert set(summary["navigation1"]) == {"mesa", "mesa_authors", "multitask"}
