@@ -56,10 +56,12 @@ from sac import FIELDS, SAC, OneLineParser, ReplayBuffer, SACConfig, atomic_writ
 
 FORMAT_VERSION = 2
 PRESETS = ("smoke", "quick", "paper")
-KINDS = ("train", "test", "oracle")
+KINDS = ("train", "test", "oracle", "replay")
 DIMS = {"navigation1": (2, 2), "navigation2": (2, 2), "maze": (2, 2), "cartpole": (4, 1),
         "halfcheetah": (17, 6), "ant": (27, 8)}          # (obs_dim, act_dim), checked by a test
 POINT_ENVS = ("navigation1", "navigation2", "maze")
+REPLAY_ENVS = ("cartpole", "halfcheetah", "ant")       # SAC-replay data; D_test drawn from the test task's
+TEST_DRAW_SEED = 999                                  # the permutation of that replay D_test takes rows from
 
 
 class DatasetError(ValueError):
@@ -258,6 +260,15 @@ def random_episodes(name: str, task: dict, n: int, seed: int) -> dict[str, np.nd
     return buf.arrays()
 
 
+def draw_from_replay(replay: dict[str, np.ndarray], n: int, skip: int = 0) -> dict[str, np.ndarray]:
+    """n transitions of the test task's SAC replay, in collection order: rows skip .. skip + n of
+    one fixed permutation (TEST_DRAW_SEED). D_test takes skip = 0; the held-out set skips D_test's
+    rows, so the two never share a transition (where the replay holds both; else it overlaps)."""
+    perm = np.random.default_rng(TEST_DRAW_SEED).permutation(len(replay["rewards"]))
+    rows = perm[skip:skip + n] if skip + n <= len(perm) else perm[:n]
+    return {k: replay[k][np.sort(rows)] for k in FIELDS}
+
+
 def subsample(data: dict[str, np.ndarray], n: int, seed: int) -> dict[str, np.ndarray]:
     """n transitions drawn uniformly without replacement, kept in collection order."""
     idx = np.sort(np.random.default_rng(seed).choice(len(data["rewards"]), n, replace=False))
@@ -266,10 +277,12 @@ def subsample(data: dict[str, np.ndarray], n: int, seed: int) -> dict[str, np.nd
 
 def collect(name: str, task: dict, n: int, seed: int, spec: CollectSpec, kind: str,
             progress: bool = False, variant: str = "mesa") -> dict[str, np.ndarray]:
-    """n transitions of one dataset of `kind` ("train", "test" or "oracle") for env `name`.
+    """n transitions of one dataset of `kind` for env `name`, collected from scratch.
 
-    Point envs use their generator for every kind. Cartpole, HalfCheetah, Ant: SAC replay (train),
-    random episodes (test), n drawn from a training-size SAC replay in the test task (oracle).
+    Point envs use their generator for every kind ("train", "test", "oracle"). Cartpole, HalfCheetah,
+    Ant: SAC replay ("train" in a training task, "replay" in the test task); their D_test and oracle
+    data are drawn from the "replay" file (draw_from_replay), and "test" here gives uniformly random
+    episodes, the paper's stated generator, kept for comparison (docs/datasets.md).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(KINDS)}")
@@ -282,7 +295,7 @@ def collect(name: str, task: dict, n: int, seed: int, spec: CollectSpec, kind: s
             return random_episodes(name, task, n, seed)
         if kind == "oracle":
             return subsample(sac_replay(name, task, max(n, spec.n_train), seed, spec, progress), n, seed)
-        return sac_replay(name, task, n, seed, spec, progress)
+        return sac_replay(name, task, n, seed, spec, progress)     # "train" and "replay"
     finally:
         torch.set_num_threads(threads)
 
@@ -470,6 +483,7 @@ class FileJob:
     spec: CollectSpec
     kind: str
     variant: str = "mesa"
+    source: FileJob | None = None   # the file this one is drawn from (the test task's SAC replay)
 
     @property
     def path(self) -> str:
@@ -480,26 +494,45 @@ class FileJob:
         spec = asdict(self.spec)
         if self.spec.rollout_len:      # the point generators never read it: their files stay valid
             del spec["violation_ends_value"]
-        return {"seed": self.seed, "task": {k: list(np.atleast_1d(v)) for k, v in self.task.items()},
-                "transitions": self.n, "kind": self.kind, "variant": self.variant,
-                "spec": json.loads(json.dumps(spec))}
+        recipe = {"seed": self.seed, "task": {k: list(np.atleast_1d(v)) for k, v in self.task.items()},
+                  "transitions": self.n, "kind": self.kind, "variant": self.variant,
+                  "spec": json.loads(json.dumps(spec))}
+        if self.source is not None:    # absent otherwise: the files without a source stay valid
+            recipe["source"] = self.source.fname
+        return recipe
 
     def is_cached(self) -> bool:
-        entry = _read_manifest(self.folder)["files"].get(self.fname)
-        return (entry is not None and os.path.exists(self.path)
-                and all(entry.get(k) == v for k, v in self.recipe().items()))
+        files = _read_manifest(self.folder)["files"]
+        entry = files.get(self.fname)
+        if entry is None or not os.path.exists(self.path) or any(entry.get(k) != v for k, v in self.recipe().items()):
+            return False
+        return self.source is None or (self.source.is_cached()
+                                       and entry.get("source_sha256") == files[self.source.fname]["sha256"])
+
+
+def derive(job: FileJob) -> dict[str, np.ndarray]:
+    """D_test (the first rows of draw_from_replay) or the oracle's data (a seeded subsample),
+    drawn from the job's source, the test task's SAC replay."""
+    replay = load_dataset(job.source.path)
+    return draw_from_replay(replay, job.n) if job.kind == "test" else subsample(replay, job.n, job.seed)
 
 
 def write_file(job: FileJob, progress: bool = False) -> dict:
     """Collect one dataset and write its .npz; returns its manifest entry (the caller records it)."""
     t0 = time.time()
-    data = collect(job.env, job.task, job.n, job.seed, job.spec, job.kind, progress, job.variant)
+    if job.source is None:
+        data = collect(job.env, job.task, job.n, job.seed, job.spec, job.kind, progress, job.variant)
+    else:
+        data = derive(job)
     save_dataset(job.path, data, env=job.env, task=job.task, seed=job.seed)
     if progress:
         print(f"{job.env} {job.fname}: {job.n} transitions, {int(data['costs'].sum())} violations, "
               f"{time.time() - t0:.1f} s", file=sys.stderr, flush=True)
-    return {**job.recipe(), "sha256": sha256(job.path), "bytes": os.path.getsize(job.path),
-            "violations": int(data["costs"].sum()), "seconds": round(time.time() - t0, 1)}
+    entry = {**job.recipe(), "sha256": sha256(job.path), "bytes": os.path.getsize(job.path),
+             "violations": int(data["costs"].sum()), "seconds": round(time.time() - t0, 1)}
+    if job.source is not None:
+        entry["source_sha256"] = sha256(job.source.path)
+    return entry
 
 
 def _record(job: FileJob, preset: str, entry: dict) -> None:
@@ -513,14 +546,19 @@ def load_or_collect(jobs: list[FileJob], preset: str, progress: bool = False, wo
     """The jobs' datasets: loaded and verified where the manifest lists the same recipe, else
     collected (in `workers` processes, one torch thread each) and recorded in the manifest."""
     missing = [j for j in jobs if not j.is_cached()]
-    if workers > 1 and len(missing) > 1:
+    sources = {j.source.path: j.source for j in missing if j.source is not None and not j.source.is_cached()}
+    collected = [j for j in missing if j.source is None] + list(sources.values())
+    if workers > 1 and len(collected) > 1:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=context) as pool:
-            futures = {pool.submit(write_file, j, progress): j for j in missing}
+        with ProcessPoolExecutor(min(workers, len(collected)), mp_context=context) as pool:
+            futures = {pool.submit(write_file, j, progress): j for j in collected}
             for future in as_completed(futures):       # the manifest is written by this process only
                 _record(futures[future], preset, future.result())
     else:
-        for j in missing:
+        for j in collected:
+            _record(j, preset, write_file(j, progress))
+    for j in missing:                                  # drawn from a source collected above: seconds
+        if j.source is not None:
             _record(j, preset, write_file(j, progress))
     entries = {j.folder: _read_manifest(j.folder)["files"] for j in jobs}
     return [load_dataset(j.path, expected_sha256=entries[j.folder][j.fname]["sha256"]) for j in jobs]
@@ -533,13 +571,28 @@ def file_jobs(env: str, preset: str, root: str = "data", test_variant: str = "de
     jobs = [FileJob(folder, f"train_{i:02d}.npz", env, task, 1000 * seed + i, spec.n_train, spec, "train")
             for i, task in enumerate(envs.train_tasks(env, seed))]
     test_task = envs.test_task(env, test_variant)
+    replay = test_replay_job(env, preset, root, test_variant, seed)
     jobs.append(FileJob(folder, f"test_{test_variant}.npz", env, test_task, 1000 * seed + 999, spec.n_test,
-                        spec, "test"))
+                        spec, "test", source=replay))
     if oracle:
         suffix = "" if variant == "mesa" else f"_{variant}"
         jobs.append(FileJob(folder, f"oracle_{test_variant}{suffix}.npz", env, test_task, 1000 * seed + 997,
-                            spec.n_oracle, spec, "oracle", variant))
+                            spec.n_oracle, spec, "oracle", variant, source=replay))
     return jobs
+
+
+def test_replay_job(env: str, preset: str, root: str = "data", test_variant: str = "default",
+                    seed: int = 0) -> FileJob | None:
+    """The SAC replay in the test task that D_test and the oracle's data of a SAC-replay env are
+    drawn from (None for the point envs, whose generator makes them directly)."""
+    if env not in REPLAY_ENVS:
+        return None
+    spec, folder = _spec_folder(env, preset, root)
+    return FileJob(folder, f"replay_{test_variant}.npz", env, envs.test_task(env, test_variant),
+                   1000 * seed + 997, spec.n_train, spec, "replay")
+
+
+test_replay_job.__test__ = False                  # not a pytest test, even when imported into one
 
 
 def get_datasets(env: str, preset: str, root: str = "data", test_variant: str = "default",
@@ -551,12 +604,40 @@ def get_datasets(env: str, preset: str, root: str = "data", test_variant: str = 
 
 def get_oracle(env: str, preset: str, root: str = "data", test_variant: str = "default",
                progress: bool = False, seed: int = 0, variant: str = "mesa") -> dict:
-    """The RRL-oracle's data: n_oracle test-environment transitions of the training data's kind.
+    """The RRL-oracle's data: n_oracle test-environment transitions of the training data's kind
+    (a subsample of the test task's SAC replay on Cartpole, HalfCheetah and Ant).
 
     variant "rrl" is Recovery RL's Navigation-2 generator (the Recovery RL check only).
     """
     job = file_jobs(env, preset, root, test_variant, seed, oracle=True, variant=variant)[-1]
     return load_or_collect([job], preset, progress)[0]
+
+
+def get_heldout(env: str, preset: str, root: str, test_variant: str, n: int, seed: int, data_seed: int = 0) -> dict:
+    """n transitions from D_test's generator in the test task that D_test does not hold; cached.
+
+    Point envs: the generator again, with its own seed. Cartpole, HalfCheetah, Ant: rows of the
+    test task's SAC replay past D_test's (draw_from_replay), in a file named after that replay's
+    checksum, so a regenerated replay never meets a stale held-out set.
+    """
+    replay = test_replay_job(env, preset, root, test_variant, data_seed)
+    folder = _spec_folder(env, preset, root)[1]
+    if replay is None:
+        path = os.path.join(folder, f"heldout_{test_variant}.npz")
+    else:
+        load_or_collect([replay], preset)
+        checksum = _read_manifest(folder)["files"][replay.fname]["sha256"][:10]
+        path = os.path.join(folder, f"heldout_{test_variant}_{checksum}.npz")
+    if os.path.exists(path):
+        data = load_dataset(path)
+        if data["seed"] == seed and len(data["rewards"]) == n:
+            return data
+    task = envs.test_task(env, test_variant)
+    spec = PRESET_SPECS[preset][env]
+    data = (collect(env, task, n, seed, spec, "test") if replay is None
+            else draw_from_replay(load_dataset(replay.path), n, skip=spec.n_test))
+    save_dataset(path, data, env=env, task=task, seed=seed)
+    return load_dataset(path)
 
 
 def _row(name: str, label: str, group: list[dict], seconds: float) -> str:
@@ -592,8 +673,11 @@ def main(argv=None) -> None:
         except (DatasetError, ValueError) as e:
             parser.exit(2, f"datasets.py: error: {e}\n")
         files = _read_manifest(os.path.join(args.root, args.preset, name))["files"]
-        for label, group, prefix in (("train", train, "train_"), ("test", [test], "test_"),
-                                     ("oracle", [oracle], "oracle_")):
+        groups = [("train", train, "train_"), ("test", [test], "test_"), ("oracle", [oracle], "oracle_")]
+        replay = test_replay_job(name, args.preset, args.root, args.test_variant, args.seed)
+        if replay is not None:
+            groups.insert(1, ("replay", load_or_collect([replay], args.preset), "replay_"))
+        for label, group, prefix in groups:
             seconds = sum(e["seconds"] for f, e in files.items() if f.startswith(prefix))
             print(_row(name, label, group, seconds), flush=True)
     print("events: violations that entered the constraint set (not a repeat of the state before); "

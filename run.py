@@ -326,17 +326,9 @@ class Job:
 
 
 def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
-    """A collection of D_test's generator in the test environment, seeded apart from D_test; cached."""
-    path = os.path.join(root, preset, env, f"heldout_{variant}.npz")
+    """A collection of D_test's generator in the test environment that D_test does not hold (cached)."""
     n = max(HELDOUT_SIZE[preset], datasets.PRESET_SPECS[preset][env].n_test)
-    if os.path.exists(path):
-        data = datasets.load_dataset(path)
-        if data["seed"] == HELDOUT_SEED and len(data["rewards"]) == n:
-            return data
-    task = envs.test_task(env, variant)
-    data = datasets.collect(env, task, n, HELDOUT_SEED, datasets.PRESET_SPECS[preset][env], "test")
-    datasets.save_dataset(path, data, env=env, task=task, seed=HELDOUT_SEED)
-    return datasets.load_dataset(path)
+    return datasets.get_heldout(env, preset, root, variant, n, HELDOUT_SEED, DATA_SEED)
 
 
 def critic_quality(safety: Safety, heldout: dict, policy) -> dict:

@@ -251,3 +251,35 @@ def test_get_datasets_sac_envs_oracle_and_cli(tmp_path, capsys):
     again1, _ = datasets.get_datasets("navigation1", "smoke", root=root)
     again2, _ = datasets.get_datasets("navigation1", "smoke", root=str(tmp_path / "other"), workers=2)
     assert all(np.array_equal(a["observations"], b["observations"]) for a, b in zip(again1, again2))
+
+
+def _rows(data: dict) -> list[bytes]:
+    return [r.tobytes() for r in np.c_[data["observations"], data["actions"]]]
+
+
+def test_sac_replay_envs_draw_d_test_heldout_and_oracle_from_the_test_tasks_replay(tmp_path):
+    """D_test, the held-out set and the oracle's data are rows of one SAC replay in the test task
+    (the paper's D_test counts are a replay's, docs/datasets.md); held-out never repeats D_test,
+    and a regenerated replay is noticed."""
+    root = str(tmp_path)
+    _, test = datasets.get_datasets("cartpole", "smoke", root=root)
+    job = datasets.test_replay_job("cartpole", "smoke", root)
+    replay = datasets.load_dataset(job.path)
+    assert replay["task"] == test["task"] == envs.test_task("cartpole") and len(replay["rewards"]) == 400
+    heldout = datasets.get_heldout("cartpole", "smoke", root, "default", 200, 998)
+    oracle = datasets.get_oracle("cartpole", "smoke", root=root)
+    replay_rows = set(_rows(replay))
+    assert set(_rows(test)) <= replay_rows and set(_rows(heldout)) <= replay_rows
+    assert set(_rows(oracle)) <= replay_rows
+    assert not set(_rows(heldout)) & set(_rows(test))
+    assert datasets.test_replay_job("navigation1", "smoke", root) is None
+
+    changed = {**replay, "actions": -replay["actions"]}         # as if the replay had been collected again
+    datasets.save_dataset(job.path, changed, env="cartpole", task=replay["task"], seed=replay["seed"])
+    entry = json.load(open(os.path.join(job.folder, "manifest.json")))["files"][job.fname]
+    datasets._record(job, "smoke", {**entry, "sha256": datasets.sha256(job.path)})
+    test_job = datasets.file_jobs("cartpole", "smoke", root)[-1]
+    assert not test_job.is_cached()
+    _, test_again = datasets.get_datasets("cartpole", "smoke", root=root)
+    assert set(_rows(test_again)) <= set(_rows(changed))
+    assert not set(_rows(datasets.get_heldout("cartpole", "smoke", root, "default", 200, 998))) & set(_rows(heldout))
