@@ -54,6 +54,7 @@ RRL_CHECK_EPISODES = {"navigation1": 400, "navigation2": 400, "maze": 500}
 RRL_CHECK_SEEDS = 3
 # Recovery RL's scripts/*.sh: (gamma_risk, eps_risk, pos_fraction)
 RRL_CHECK_SETTINGS = {"navigation1": (0.8, 0.3, 0.0), "navigation2": (0.65, 0.2, 0.0), "maze": (0.5, 0.15, 0.3)}
+RRL_TAU_RISK = 2e-4     # Recovery RL's Polyak-averaged Q_risk target (its tau_safe); the MESA comparison: 1
 RRL_CHECK_METHODS = {"rrl_oracle": "rrl", "unconstrained": "unconstrained"}   # run name -> reported name
 
 
@@ -64,6 +65,7 @@ def rrl_check_jobs(out: str, preset: str, data_root: str, seeds: int = RRL_CHECK
     for env, episodes in RRL_CHECK_EPISODES.items():
         gamma, eps, pos = RRL_CHECK_SETTINGS[env]
         setting = {"recovery.gamma_risk": gamma, "recovery.eps_risk": eps, "recovery.pos_fraction": pos,
+                   "recovery.tau_risk": RRL_TAU_RISK,
                    "env_kwargs": {"goal_radius": 4.0} if env in mesa.NAVIGATION else {},
                    "oracle_variant": "rrl" if env == "navigation2" else "mesa",
                    "episodes": 2 if preset == "smoke" else episodes}

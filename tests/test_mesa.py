@@ -294,6 +294,9 @@ def test_paper_hyperparameters_follow_the_spec():
     # the authors' variant is off: the paper's MESA and Multi-Task
     assert (hc.meta.learn_inner_lr, hc.meta.outer_grad_clip, hc.meta.pi_rec_lr, hc.meta.target) == (False, 0.0, 0.0, "lagged")
     assert hc.recovery.hidden == (256, 256) and not hc.multitask.phase2_with_train
+    # Q_risk bootstraps from the current network, as the MESA code; Recovery RL's lag stays the default
+    assert all(paper_hyperparameters(e).recovery.tau_risk == 1.0 for e in ("halfcheetah", "navigation1", "cartpole"))
+    assert RecoveryConfig().tau_risk == 2e-4
 
 
 @pytest.mark.parametrize("make, message", [

@@ -103,6 +103,7 @@ def test_rrl_check_is_recovery_rls_setting(tmp_path):
         r = by_env[env].hp.recovery
         assert (r.gamma_risk, r.eps_risk, r.pos_fraction, by_env[env].episodes) == (gamma, eps, pos, episodes)
         assert by_env[env].hp.sac.start_steps == 100 and r.target_policy == "task"
+        assert r.tau_risk == 2e-4          # Recovery RL's lagged target; the MESA comparison's is 1
     assert by_env["navigation1"].env_kwargs == {"goal_radius": 4.0} and by_env["maze"].env_kwargs == {}
     assert by_env["navigation2"].oracle_variant == "rrl" and by_env["navigation1"].oracle_variant == "mesa"
     oracle_sizes = {env: datasets.PRESET_SPECS["paper"][env].n_oracle for env in expected}

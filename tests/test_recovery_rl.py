@@ -82,6 +82,27 @@ def test_q_risk_learns_the_discounted_violation_probability_of_a_markov_chain():
     assert np.abs(learned - truth).max() < 0.05, (learned, truth)
 
 
+def test_a_lagged_target_leaves_far_states_risky_after_pretraining_and_the_current_network_does_not():
+    """Why the MESA comparison bootstraps from the current network (mesa.paper_hyperparameters):
+    with Recovery RL's tau_risk = 2e-4, 2500 steps settle under one Bellman backup, so states far
+    from the violation keep about gamma_risk * 0.5 (the sigmoid's start) instead of their risk."""
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer.from_arrays(chain_dataset(4000, rng), seed=0)
+    coin_flip_policy = lambda obs: torch.randint(0, 2, (len(obs), 1)).float() * 2 - 1
+    obs = torch.eye(N_STATES)[: N_STATES - 1].repeat_interleave(2, 0)
+    act = torch.tensor([[-1.0], [1.0]]).repeat(N_STATES - 1, 1)
+    learned = {}
+    for tau in (2e-4, 1.0):
+        set_seed(0)
+        safety = Safety(N_STATES, 1, [-1.0], [1.0], RecoveryConfig(gamma_risk=GAMMA_RISK, tau_risk=tau, hidden=(64, 64)))
+        fit(safety, buffer, coin_flip_policy, FitConfig(steps=2500, lr=1e-3, batch_size=256))
+        with torch.no_grad():
+            learned[tau] = safety.q_risk(obs, act).numpy().reshape(N_STATES - 1, 2)
+    truth = true_chain_risk()
+    assert np.abs(learned[1.0] - truth).max() < 0.05, (learned[1.0], truth)
+    assert learned[2e-4][0, 0] > truth[0, 0] + 0.15, (learned[2e-4], truth)     # the far state looks risky
+
+
 # ---------------------------------------------------------------------------- the filter
 
 @given(data=st.data(), n=st.integers(1, 16), act_dim=st.integers(1, 4), eps=unit)
