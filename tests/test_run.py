@@ -238,9 +238,13 @@ def test_default_configurations_keep_their_run_keys():
               ("halfcheetah", "paper", "mesa"): ("b2a8b9546e0c3576", "2275d9eff29f4616"),
               ("halfcheetah", "paper", "rrl"): ("e67188f13a3a7be4", "141e987b7611383a")}
     for (env, preset, method), keys in before.items():
-        hp, episodes = run.job_config(env, method, preset, "paper", {})
+        # the keys predate the comparison's tau_risk = 1 too, a deliberate change of every run
+        hp, episodes = run.job_config(env, method, preset, "paper", {"recovery.tau_risk": 2e-4})
         job = run.Job(env, method, 0, preset, hp, episodes, "runs", "data", "default", "none")
         assert (job.key(), job.key(phase3=False)) == keys, (env, preset, method)
+        now = run.Job(env, method, 0, preset, run.job_config(env, method, preset, "paper", {})[0], episodes,
+                      "runs", "data", "default", "none")
+        assert now.key() != job.key()
 
 
 def test_mesa_variant_authors_end_to_end(tmp_path, data_root):
