@@ -60,8 +60,8 @@ KINDS = ("train", "test", "oracle", "replay")
 DIMS = {"navigation1": (2, 2), "navigation2": (2, 2), "maze": (2, 2), "cartpole": (4, 1),
         "halfcheetah": (17, 6), "ant": (27, 8)}          # (obs_dim, act_dim), checked by a test
 POINT_ENVS = ("navigation1", "navigation2", "maze")
-REPLAY_ENVS = ("cartpole", "halfcheetah", "ant")       # SAC-replay data; D_test drawn from the test task's
-TEST_DRAW_SEED = 999                                  # the permutation of that replay D_test takes rows from
+REPLAY_ENVS = ("cartpole", "halfcheetah", "ant")   # SAC-replay data: D_test drawn from the test task's replay
+TEST_DRAW_SEED = 999                              # the permutation of that replay D_test takes its rows from
 
 
 class DatasetError(ValueError):
@@ -546,8 +546,9 @@ def load_or_collect(jobs: list[FileJob], preset: str, progress: bool = False, wo
     """The jobs' datasets: loaded and verified where the manifest lists the same recipe, else
     collected (in `workers` processes, one torch thread each) and recorded in the manifest."""
     missing = [j for j in jobs if not j.is_cached()]
-    sources = {j.source.path: j.source for j in missing if j.source is not None and not j.source.is_cached()}
-    collected = [j for j in missing if j.source is None] + list(sources.values())
+    collected = {j.path: j for j in missing if j.source is None}
+    collected.update({j.source.path: j.source for j in missing if j.source is not None and not j.source.is_cached()})
+    collected = list(collected.values())
     if workers > 1 and len(collected) > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(collected)), mp_context=context) as pool:
@@ -625,7 +626,7 @@ def get_heldout(env: str, preset: str, root: str, test_variant: str, n: int, see
     if replay is None:
         path = os.path.join(folder, f"heldout_{test_variant}.npz")
     else:
-        load_or_collect([replay], preset)
+        source = load_or_collect([replay], preset)[0]
         checksum = _read_manifest(folder)["files"][replay.fname]["sha256"][:10]
         path = os.path.join(folder, f"heldout_{test_variant}_{checksum}.npz")
     if os.path.exists(path):
@@ -635,7 +636,7 @@ def get_heldout(env: str, preset: str, root: str, test_variant: str, n: int, see
     task = envs.test_task(env, test_variant)
     spec = PRESET_SPECS[preset][env]
     data = (collect(env, task, n, seed, spec, "test") if replay is None
-            else draw_from_replay(load_dataset(replay.path), n, skip=spec.n_test))
+            else draw_from_replay(source, n, skip=spec.n_test))
     save_dataset(path, data, env=env, task=task, seed=seed)
     return load_dataset(path)
 

@@ -226,15 +226,20 @@ def cell(summary: dict, key: str, fmt: str = "{:.3f} ± {:.3f}") -> str:
     return "-" if summary.get(key) is None else fmt.format(summary[key], summary[f"{key}_se"])
 
 
+def load_folders(folders) -> tuple[list[dict], list[dict]]:
+    """(episodes, metrics.json) of the finished runs (those with an episodes.csv) among run folders."""
+    done = [f for f in folders if os.path.exists(os.path.join(f, "episodes.csv"))]
+    return ([read_episodes(os.path.join(f, "episodes.csv")) for f in done],
+            [json.load(open(os.path.join(f, "metrics.json"))) for f in done])
+
+
 def load_runs(env_dir: str, methods, seeds) -> tuple[dict, dict]:
     """(episodes per method, metrics.json per method) of the finished runs under env_dir."""
     by_method, metrics = {}, {}
     for method in methods:
-        runs = [os.path.join(env_dir, method, f"seed{s}") for s in seeds]
-        runs = [r for r in runs if os.path.exists(os.path.join(r, "episodes.csv"))]
+        runs, run_metrics = load_folders([os.path.join(env_dir, method, f"seed{s}") for s in seeds])
         if runs:
-            by_method[method] = [read_episodes(os.path.join(r, "episodes.csv")) for r in runs]
-            metrics[method] = [json.load(open(os.path.join(r, "metrics.json"))) for r in runs]
+            by_method[method], metrics[method] = runs, run_metrics
     return by_method, metrics
 
 

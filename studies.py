@@ -349,7 +349,7 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
     for env in env_names:
         for row, method, _ in MESA_VARIANT_ROWS:
             folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row]
-            runs, metrics = load_folders(folders)
+            runs, metrics = report.load_folders(folders)
             if runs:
                 summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
     folder = os.path.join(out, "mesa_variants")
@@ -357,13 +357,6 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
     table = mesa_variants_table(summary)
     atomic_write(os.path.join(folder, "summary.md"), table + "\n")
     return table
-
-
-def load_folders(folders: list[str]) -> tuple[list[dict], list[dict]]:
-    """(episodes, metrics.json) of the finished runs among the folders."""
-    done = [f for f in folders if os.path.exists(os.path.join(f, "episodes.csv"))]
-    return ([report.read_episodes(os.path.join(f, "episodes.csv")) for f in done],
-            [json.load(open(os.path.join(f, "metrics.json"))) for f in done])
 
 
 def mesa_variants_table(summary: dict) -> str:
