@@ -414,7 +414,7 @@ def load_dataset(path, expected_sha256: str | None = None) -> dict:
 def observation_scale(data: dict) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of a dataset's observations (a constant dimension gets std 1).
 
-    run.py standardises every network input with D_test's statistics, for every method alike
+    experiment.py standardises every network input with D_test's statistics, for every method alike
     (docs/design.md: raw navigation coordinates saturate the tanh policies).
     """
     obs = data["observations"].astype(np.float64)

@@ -27,9 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import envs  # noqa: E402
-import run  # noqa: E402
+import experiment  # noqa: E402
 from recovery_rl import RecoveryConfig, Safety  # noqa: E402
-from sac import SAC, SACConfig  # noqa: E402
+from sac import SAC, OneLineParser, SACConfig  # noqa: E402
 
 POINT_ENVS = ("navigation1", "navigation2", "maze")
 VIDEO_FPS = 30
@@ -66,9 +66,9 @@ class SavedAgent:
 
     def _statistics_from_datasets(self):
         c = self.config
-        job = run.Job(c["env"], c["method"], c["seed"], c["preset"], None, c["episodes"], "", c["data_root"],
+        job = experiment.Job(c["env"], c["method"], c["seed"], c["preset"], None, c["episodes"], "", c["data_root"],
                       c["test_variant"], "none", c.get("test_fraction", 1.0), c.get("scale_inputs", True))
-        return run.observation_statistics(job)
+        return experiment.observation_statistics(job)
 
     def action(self, obs: np.ndarray, use_filter: bool) -> tuple[np.ndarray, bool]:
         """(executed action, whether pi_rec acted) for one observation."""
@@ -181,7 +181,7 @@ def make_renderer(saved: SavedAgent, size: int = 320):
 
 
 def main(argv=None) -> None:
-    parser = run.OneLineParser(description="Evaluate a finished run's saved agent (see the module docstring).")
+    parser = OneLineParser(description="Evaluate a finished run's saved agent (see the module docstring).")
     parser.add_argument("run_dir", help="a run's folder: <out>/<config>/<env>/<method>/seed<k>")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per mode (default: 10)")
     parser.add_argument("--seed", type=int, default=10_000, help="first episode's reset seed")

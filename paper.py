@@ -36,6 +36,7 @@ import baselines  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
+import experiment  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -58,7 +59,7 @@ RRL_TAU_RISK = 2e-4     # Recovery RL's Polyak-averaged Q_risk target (its tau_s
 RRL_CHECK_METHODS = {"rrl_oracle": "rrl", "unconstrained": "unconstrained"}   # run name -> reported name
 
 
-def rrl_check_jobs(out: str, preset: str, data_root: str, seeds: int = RRL_CHECK_SEEDS) -> list[run.Job]:
+def rrl_check_jobs(out: str, preset: str, data_root: str, seeds: int = RRL_CHECK_SEEDS) -> list[experiment.Job]:
     """The runs of the Recovery RL check (docs/results.md); the paper preset unless smoke."""
     preset = "smoke" if preset == "smoke" else "paper"
     jobs = []
@@ -79,13 +80,13 @@ def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> s
     jobs = rrl_check_jobs(folder, preset, data_root)
     for env in RRL_CHECK_EPISODES:
         prepare(env, jobs[0].preset, data_root)
-        datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=run.DATA_SEED,
+        datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
                             variant="rrl" if env == "navigation2" else "mesa")
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     return rrl_check_summary(folder, jobs)
 
 
-def rrl_check_summary(folder: str, jobs: list[run.Job]) -> str:
+def rrl_check_summary(folder: str, jobs: list[experiment.Job]) -> str:
     """rrl_check/summary.{md,json} (and each env's summary and figures) from the finished runs."""
     summary, seeds = {}, sorted({j.seed for j in jobs})
     for env in RRL_CHECK_EPISODES:
@@ -124,9 +125,9 @@ def rrl_baselines(out: str, preset: str, workers: int, data_root: str = "data", 
             for m in baselines.BASELINES]
     for env in RRL_CHECK_EPISODES:
         prepare(env, check[0].preset, data_root)
-        datasets.get_oracle(env, check[0].preset, data_root, progress=True, seed=run.DATA_SEED,
+        datasets.get_oracle(env, check[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
                             variant="rrl" if env == "navigation2" else "mesa")
-    run.run_jobs([j for j in check + jobs if not run.finished(j)], workers, 1)
+    run.run_jobs([j for j in check + jobs if not experiment.finished(j)], workers, 1)
     summary, by_env, seed_list = {}, {}, range(seeds)
     for env in RRL_CHECK_EPISODES:
         ours, ours_metrics = report.load_runs(os.path.join(folder, env), baselines.BASELINES, seed_list)
@@ -195,8 +196,8 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
     jobs = [job(env, m, s, out, preset, data_root) for env in env_names for s in seeds for m in mesa.METHODS]
     for env in env_names:
         prepare(env, preset, data_root)
-        datasets.get_oracle(env, preset, data_root, progress=True, seed=run.DATA_SEED)
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+        datasets.get_oracle(env, preset, data_root, progress=True, seed=experiment.DATA_SEED)
+    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     for env in env_names:
         report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds, envs.HAS_SUCCESS[env], preset)
         if env in evaluate.POINT_ENVS:

@@ -239,7 +239,7 @@ def phase3_safety_buffer(env, n_episodes: int, seed: int, offline: dict[str, np.
 @dataclass
 class Phase3Progress:
     """Where Phase 3 stands between two episodes: with the networks and the random states, all
-    that is needed to continue it exactly (run.py checkpoints it)."""
+    that is needed to continue it exactly (experiment.py checkpoints it)."""
     episode: int                          # episodes finished
     env_step: int                         # environment steps taken
     task_buffer: ReplayBuffer

@@ -1,12 +1,12 @@
 """Measuring and reporting MESA runs: the safety critic's AUROC, episode logs, summaries, figures.
 
-Kept apart from run.py so that run.py reads as the experiment (phases, caching, workers) and this
+Kept apart from experiment.py so that it reads as the experiment (phases, caching) and this
 module as the bookkeeping around it. Nothing here trains anything.
 
 - `auroc`: the area under the ROC curve of scores against binary labels, rank-based
   (Mann-Whitney U), ties counted as one half; written with numpy, no scikit-learn.
 - `danger_labels`: a held-out transition is positive when a violation happens at it or within the
-  next `horizon` steps of the same rollout (run.py uses horizon = round(1 / (1 - gamma_risk)), the
+  next `horizon` steps of the same rollout (experiment.py uses horizon = round(1 / (1 - gamma_risk)), the
   effective horizon of the discounted violation probability Q_risk estimates).
 - `summarise`: per environment, mean +- standard error over seeds of the final cumulative
   violations and the final return / success rate (mean over the last 10% of episodes), and two

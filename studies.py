@@ -31,7 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import datasets  # noqa: E402
 import envs  # noqa: E402
+import experiment  # noqa: E402
 import mesa  # noqa: E402
+import presets  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
@@ -46,7 +48,7 @@ OUTER_LRS = (1e-5, 1e-4, 1e-3)
 OUTER_LR_SEEDS = 3
 EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
 EPS_SEEDS = 3
-LONG_EPISODES = {"navigation1": run.PAPER_EPISODES["navigation1"], "halfcheetah": 100}
+LONG_EPISODES = {"navigation1": presets.PAPER_EPISODES["navigation1"], "halfcheetah": 100}
 LONG_SEEDS = 3
 RAW_SEEDS = 3
 HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
@@ -54,25 +56,25 @@ HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)],
 
 # ----------------------------------------------------------------------------- building blocks
 
-def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str, **changes) -> run.Job:
-    """A run.py job with the preset's configuration; changes go to Job fields or "group.field"s."""
-    hp, episodes = run.preset_config(env, preset)
-    hp = run.apply(hp, {k: v for k, v in changes.items() if "." in k})
+def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str, **changes) -> experiment.Job:
+    """An experiment.Job with the preset's configuration; changes go to Job fields or "group.field"s."""
+    hp, episodes = presets.preset_config(env, preset)
+    hp = presets.apply(hp, {k: v for k, v in changes.items() if "." in k})
     fields = {"test_variant": "default", "episodes": episodes, **{k: v for k, v in changes.items() if "." not in k}}
-    return run.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
+    return experiment.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
                    data_root=data_root, progress="lines", **fields)
 
 
 def prepare(env: str, preset: str, data_root: str, variant: str = "default") -> None:
     """Generate missing datasets before the workers start, so no two processes write one file."""
-    datasets.get_datasets(env, preset, data_root, variant, progress=True, seed=run.DATA_SEED)
-    run.heldout_set(env, preset, data_root, variant)
+    datasets.get_datasets(env, preset, data_root, variant, progress=True, seed=experiment.DATA_SEED)
+    experiment.heldout_set(env, preset, data_root, variant)
 
 
-def reuse_offline_phases(out: str, jobs: list[run.Job]) -> None:
+def reuse_offline_phases(out: str, jobs: list[experiment.Job]) -> None:
     """Copy the comparison's cached Phases 1-2 (phase2.pt) into the jobs' folders.
 
-    run.py reuses a copy only where its key matches, i.e. where nothing Phases 1-2 depend on
+    experiment.run_one reuses a copy only where its key matches, i.e. where nothing Phases 1-2 depend on
     changed (the number of episodes and eps_risk do not enter them).
     """
     for j in jobs:
@@ -101,18 +103,18 @@ def heatmap(safety: Safety, scale, n: int = 61) -> np.ndarray:
     return q.mean(0).reshape(n, n).numpy()
 
 
-def adaptation_curve(j: run.Job) -> dict:
+def adaptation_curve(j: experiment.Job) -> dict:
     """Phase 1, then Phase 2 on D_test with Q_risk scored after each of ADAPT_STEPS steps."""
-    train, test, env, scale = run.load_inputs(j)
-    heldout = scale(run.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
-    agent, safety = run.fresh_networks(j, env)
-    train_buffers, test_buffer = run.offline_buffers(j, train, test)
+    train, test, env, scale = experiment.load_inputs(j)
+    heldout = scale(experiment.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
+    agent, safety = experiment.fresh_networks(j, env)
+    train_buffers, test_buffer = experiment.offline_buffers(j, train, test)
     mesa.phase1(j.method, safety, train_buffers, test_buffer, agent.policy, j.hp, j.seed)
     curve, maps = [], {}
 
     def record(step: int) -> None:
         if step in ADAPT_STEPS:
-            curve.append({"step": step, **run.critic_quality(safety, heldout, agent.policy)})
+            curve.append({"step": step, **experiment.critic_quality(safety, heldout, agent.policy)})
         if step in HEATMAP_STEPS and j.seed == 0:    # maps of seed 0 only: they are plotted, and large
             maps[step] = heatmap(safety, scale)
 
@@ -196,7 +198,7 @@ def figure6(out: str, preset: str, workers: int, data_root: str = "data") -> str
         for method in ("multitask", "mesa"):
             for seed in range(FIGURE6_SEEDS):
                 jobs.append(job("halfcheetah", method, seed, folder, preset, data_root, **change))
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     lines = ["| condition | method | cumulative violations | final return | Q_risk AUROC after Phase 2 |",
              "|---|---|---|---|---|"]
     points = {}
@@ -234,24 +236,24 @@ def plot_figure6(path: str, points: dict) -> None:
 
 # ----------------------------------------------------------------------------- outer learning rate
 
-def phase1_quality(j: run.Job) -> dict:
+def phase1_quality(j: experiment.Job) -> dict:
     """Held-out Q_risk quality after Phases 1 and 2 of one job (no Phase 3)."""
-    train, test, env, scale = run.load_inputs(j)
-    heldout = scale(run.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
-    agent, safety = run.fresh_networks(j, env)
-    return run.offline_phases(j, safety, agent.policy, train, test, heldout)["critic"]
+    train, test, env, scale = experiment.load_inputs(j)
+    heldout = scale(experiment.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
+    agent, safety = experiment.fresh_networks(j, env)
+    return experiment.offline_phases(j, safety, agent.policy, train, test, heldout)["critic"]
 
 
 def outer_lr(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    for env in run.MUJOCO:
+    for env in presets.MUJOCO:
         prepare(env, preset, data_root)
     jobs = [job(env, "mesa", s, os.path.join(out, "outer_lr"), preset, data_root, **{"meta.outer_lr": lr})
-            for env in run.MUJOCO for lr in OUTER_LRS for s in range(OUTER_LR_SEEDS)]
+            for env in presets.MUJOCO for lr in OUTER_LRS for s in range(OUTER_LR_SEEDS)]
     results = parallel(phase1_quality, jobs, workers)
     report.write_json(os.path.join(out, "outer_lr", "critic.json"),
                       [{"env": j.env, "outer_lr": j.hp.meta.outer_lr, "seed": j.seed, **r} for j, r in zip(jobs, results)])
     lines = ["| env | MESA outer lr alpha2 | AUROC after Phase 1 | after Phase 2 | loss after Phase 1 |", "|---|---|---|---|---|"]
-    for env in run.MUJOCO:
+    for env in presets.MUJOCO:
         for lr in OUTER_LRS:
             rs = [r for j, r in zip(jobs, results) if j.env == env and j.hp.meta.outer_lr == lr]
             cells = [report.mean_se([r[p][k] for r in rs]) for p, k in
@@ -265,12 +267,12 @@ def outer_lr(out: str, preset: str, workers: int, data_root: str = "data") -> st
 def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> str:
     prepare("navigation1", preset, data_root)
     methods = ("rrl", "multitask", "mesa")
-    folders = {eps: out if eps == run.preset_config("navigation1", preset)[0].recovery.eps_risk
+    folders = {eps: out if eps == presets.preset_config("navigation1", preset)[0].recovery.eps_risk
                else os.path.join(out, "eps_risk", f"eps{eps:g}") for eps in EPS_RISKS}
     jobs = [job("navigation1", m, s, folders[eps], preset, data_root, **{"recovery.eps_risk": eps})
             for eps in EPS_RISKS for m in methods for s in range(EPS_SEEDS)]
     reuse_offline_phases(out, jobs)
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     lines = ["| eps_risk | method | cumulative violations | final success rate | recovery fraction |",
              "|---|---|---|---|---|"]
     for eps in EPS_RISKS:
@@ -294,7 +296,7 @@ def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") ->
         jobs = [job(env, m, s, folder, preset, data_root, episodes=episodes)
                 for m in mesa.METHODS for s in range(LONG_SEEDS)]
         reuse_offline_phases(out, jobs)
-        run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+        run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
         tables.append(report.summarise(os.path.join(folder, env), env, mesa.METHODS, range(LONG_SEEDS),
                                        envs.HAS_SUCCESS[env]))
     return "\n\n".join(tables)
@@ -304,7 +306,7 @@ def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> 
     folder = os.path.join(out, "raw_inputs")
     jobs = [job("navigation1", m, s, folder, preset, data_root, scale_inputs=False)
             for m in mesa.METHODS for s in range(RAW_SEEDS)]
-    run.run_jobs([j for j in jobs if not run.finished(j)], workers, 1)
+    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     return report.summarise(os.path.join(folder, "navigation1"), "navigation1", mesa.METHODS,
                             range(RAW_SEEDS), True)
 
@@ -319,10 +321,10 @@ MESA_VARIANT_ROWS = (("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "author
 
 
 def mesa_variant_job(env: str, method: str, variant: str, seed: int, out: str, preset: str,
-                     data_root: str) -> run.Job | None:
+                     data_root: str) -> experiment.Job | None:
     """One run of the study: the comparison's run for the paper variant, one under
     <out>/mesa_variants/authors for the authors' (None where that variant changes nothing)."""
-    changes = run.variant_changes(variant, env, method)
+    changes = presets.variant_changes(variant, env, method)
     if variant == "paper":
         return job(env, method, seed, out, preset, data_root)
     if not changes:
@@ -344,7 +346,7 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
                 j = mesa_variant_job(env, method, variant, s, out, preset, data_root)
                 if j is not None:
                     jobs[(env, row, s)] = j
-    run.run_jobs([j for j in jobs.values() if not run.finished(j)], workers, 1)
+    run.run_jobs([j for j in jobs.values() if not experiment.finished(j)], workers, 1)
     summary = {env: {} for env in env_names}
     for env in env_names:
         for row, method, _ in MESA_VARIANT_ROWS:

@@ -7,7 +7,8 @@ import pytest
 import datasets
 import envs
 import paper
-import run
+import experiment
+import presets
 import studies
 from conftest import random_dataset
 
@@ -45,10 +46,10 @@ def test_head_keeps_the_first_transitions():
 
 
 def test_test_fraction_and_scaling_change_the_run_key():
-    hp, episodes = run.preset_config("navigation1", "smoke")
-    base = run.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
-    keys = {base.key(), run.Job(**{**base.__dict__, "test_fraction": 0.5}).key(),
-            run.Job(**{**base.__dict__, "scale_inputs": False}).key()}
+    hp, episodes = presets.preset_config("navigation1", "smoke")
+    base = experiment.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
+    keys = {base.key(), experiment.Job(**{**base.__dict__, "test_fraction": 0.5}).key(),
+            experiment.Job(**{**base.__dict__, "scale_inputs": False}).key()}
     assert len(keys) == 3
 
 
@@ -71,10 +72,10 @@ def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
 
 
 def test_offline_key_ignores_what_only_phase3_uses():
-    hp, episodes = run.preset_config("navigation1", "smoke")
-    base = run.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
-    eps = run.Job(**{**base.__dict__, "hp": run.apply(hp, {"recovery.eps_risk": 0.7}), "episodes": 9})
-    tau = run.Job(**{**base.__dict__, "hp": run.apply(hp, {"recovery.tau_risk": 0.01})})
+    hp, episodes = presets.preset_config("navigation1", "smoke")
+    base = experiment.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
+    eps = experiment.Job(**{**base.__dict__, "hp": presets.apply(hp, {"recovery.eps_risk": 0.7}), "episodes": 9})
+    tau = experiment.Job(**{**base.__dict__, "hp": presets.apply(hp, {"recovery.tau_risk": 0.01})})
     assert eps.key(phase3=False) == base.key(phase3=False) and eps.key() != base.key()
     assert tau.key(phase3=False) != base.key(phase3=False)
 

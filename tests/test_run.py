@@ -12,6 +12,9 @@ import pytest
 import torch
 
 import datasets
+import experiment
+import mesa
+import presets
 import report
 import run
 import sac as sac_module
@@ -47,7 +50,7 @@ def test_smoke_sweep_writes_every_file(sweep):
         for name in ("summary.md", "cumulative_violations.png", "learning_curve.png"):
             assert os.path.getsize(sweep / "smoke" / env / name) > 0
         summary = (sweep / "smoke" / env / "summary.md").read_text()
-        for method in run.METHODS:
+        for method in mesa.METHODS:
             folder = sweep / "smoke" / env / method / "seed0"
             with open(folder / "episodes.csv") as f:
                 rows = list(csv.DictReader(f))
@@ -70,7 +73,7 @@ def test_smoke_sweep_writes_every_file(sweep):
             else:
                 assert (folder / "phase2.pt").exists()
                 quality = metrics["critic"]["after_phase2"]
-                assert 0 <= quality["loss"] < 1 and quality["transitions"] == run.HELDOUT_SIZE["smoke"]
+                assert 0 <= quality["loss"] < 1 and quality["transitions"] == experiment.HELDOUT_SIZE["smoke"]
             assert report.LABELS[method] in summary
 
 
@@ -79,7 +82,7 @@ def test_rerun_skips_finished_runs(sweep, data_root, capsys):
     before = os.stat(csv_path).st_mtime_ns
     smoke(sweep, data_root, "--env", "navigation1")
     out = capsys.readouterr().out
-    assert out.count("skipped navigation1/") == len(run.METHODS) and "done " not in out
+    assert out.count("skipped navigation1/") == len(mesa.METHODS) and "done " not in out
     assert os.stat(csv_path).st_mtime_ns == before
 
 
@@ -185,18 +188,18 @@ def test_danger_labels_stay_within_rollouts():
 
 
 def test_paper_preset_is_the_paper():
-    hp, episodes = run.preset_config("halfcheetah", "paper")
+    hp, episodes = presets.preset_config("halfcheetah", "paper")
     assert (hp.meta.steps, hp.meta.tasks_per_step, hp.meta.inner_lr, hp.meta.outer_lr) == (15000, 5, 1e-3, 1e-5)
     assert hp.sac.hidden == (256, 256) and hp.recovery.pos_fraction == 0.3 and episodes == 500
     assert hp.sac.start_steps == 10000 and hp.rrl.steps == 10000
-    hp, episodes = run.preset_config("navigation2", "paper")
+    hp, episodes = presets.preset_config("navigation2", "paper")
     assert (hp.adapt.steps, hp.adapt.batch_size, hp.rrl.steps, hp.recovery.gamma_risk) == (100, 64, 10000, 0.65)
     assert hp.sac.start_steps == 100 and episodes == 300 and hp.recovery.target_policy == "task"
-    hp, episodes = run.preset_config("maze", "paper")
+    hp, episodes = presets.preset_config("maze", "paper")
     assert (hp.recovery.gamma_risk, hp.recovery.eps_risk, hp.recovery.pos_fraction, episodes) == (0.5, 0.15, 0.3, 500)
-    hp, episodes = run.preset_config("ant", "paper")
+    hp, episodes = presets.preset_config("ant", "paper")
     assert (hp.rrl.steps, hp.recovery.eps_risk, episodes) == (15000, 0.3, 1000)
-    assert run.preset_config("cartpole", "paper")[1] == 400
+    assert presets.preset_config("cartpole", "paper")[1] == 400
 
 
 def test_composite_target_is_an_option_of_run(tmp_path, data_root):
@@ -208,8 +211,8 @@ def test_composite_target_is_an_option_of_run(tmp_path, data_root):
 def test_mesa_variant_authors_sets_every_item_and_nothing_else():
     assert run.build_parser().parse_args(["--mesa-variant", "authors"]).mesa_variant == "authors"
     assert run.build_parser().parse_args([]).mesa_variant == "paper"
-    paper = {m: run.job_config("halfcheetah", m, "quick", "paper", {})[0] for m in run.METHODS}
-    authors = {m: run.job_config("halfcheetah", m, "quick", "authors", {})[0] for m in run.METHODS}
+    paper = {m: presets.job_config("halfcheetah", m, "quick", "paper", {})[0] for m in mesa.METHODS}
+    authors = {m: presets.job_config("halfcheetah", m, "quick", "authors", {})[0] for m in mesa.METHODS}
     meta = authors["mesa"].meta
     assert (meta.learn_inner_lr, meta.inner_lr_lr, meta.outer_grad_clip, meta.pi_rec_lr, meta.target) == \
         (True, 1e-3, 40.0, 1e-4, "current")
@@ -220,10 +223,10 @@ def test_mesa_variant_authors_sets_every_item_and_nothing_else():
     assert dataclasses.replace(authors["mesa"].recovery, hidden=(128, 128)) == paper["mesa"].recovery
     assert dataclasses.replace(authors["multitask"].multitask, phase2_with_train=False) == paper["multitask"].multitask
     assert all(authors[m] == paper[m] for m in ("unconstrained", "rrl", "rrl_oracle"))
-    assert not run.job_config("navigation1", "multitask", "quick", "authors", {})[0].multitask.phase2_with_train
-    hp, _ = run.job_config("halfcheetah", "mesa", "quick", "authors", {"recovery.hidden": (64,), "meta.target": "lagged"})
+    assert not presets.job_config("navigation1", "multitask", "quick", "authors", {})[0].multitask.phase2_with_train
+    hp, _ = presets.job_config("halfcheetah", "mesa", "quick", "authors", {"recovery.hidden": (64,), "meta.target": "lagged"})
     assert hp.recovery.hidden == (64,) and hp.meta.target == "lagged" and hp.meta.learn_inner_lr  # options win
-    key = lambda hp, m: run.Job("halfcheetah", m, 0, "quick", hp, 60, "runs", "data", "default", "none").key()  # noqa: E731
+    key = lambda hp, m: experiment.Job("halfcheetah", m, 0, "quick", hp, 60, "runs", "data", "default", "none").key()  # noqa: E731
     assert key(authors["mesa"], "mesa") != key(paper["mesa"], "mesa")
     assert key(authors["multitask"], "multitask") != key(paper["multitask"], "multitask")
     assert key(authors["rrl"], "rrl") == key(paper["rrl"], "rrl")
@@ -239,10 +242,10 @@ def test_default_configurations_keep_their_run_keys():
               ("halfcheetah", "paper", "rrl"): ("e67188f13a3a7be4", "141e987b7611383a")}
     for (env, preset, method), keys in before.items():
         # the keys predate the comparison's tau_risk = 1 too, a deliberate change of every run
-        hp, episodes = run.job_config(env, method, preset, "paper", {"recovery.tau_risk": 2e-4})
-        job = run.Job(env, method, 0, preset, hp, episodes, "runs", "data", "default", "none")
+        hp, episodes = presets.job_config(env, method, preset, "paper", {"recovery.tau_risk": 2e-4})
+        job = experiment.Job(env, method, 0, preset, hp, episodes, "runs", "data", "default", "none")
         assert (job.key(), job.key(phase3=False)) == keys, (env, preset, method)
-        now = run.Job(env, method, 0, preset, run.job_config(env, method, preset, "paper", {})[0], episodes,
+        now = experiment.Job(env, method, 0, preset, presets.job_config(env, method, preset, "paper", {})[0], episodes,
                       "runs", "data", "default", "none")
         assert now.key() != job.key()
 
@@ -288,7 +291,7 @@ def test_onpolicy_auroc_on_a_constructed_buffer():
     final = copy.deepcopy(safety.state_dict())
     visits = constructed_visits(np.array([0, .1, .2, .6, .7, .8, .1, .2, .3, .4]))
     policy = lambda obs: torch.zeros(len(obs), 1)                       # noqa: E731
-    scores = run.onpolicy_quality(safety, start_state, visits, policy)
+    scores = experiment.onpolicy_quality(safety, start_state, visits, policy)
     assert scores["onpolicy_final"]["auroc"] == 1.0 and scores["onpolicy_start"]["auroc"] == 0.0
     assert scores["onpolicy_final"]["positives"] == 3 and scores["onpolicy_final"]["label_horizon"] == 2.0
     for name, value in safety.q_risk.state_dict().items():               # the final critic is back
@@ -298,7 +301,7 @@ def test_onpolicy_auroc_on_a_constructed_buffer():
 def test_summary_json_has_every_field(sweep):
     summary = json.loads((sweep / "smoke" / "navigation1" / "summary.json").read_text())
     assert summary["env"] == "navigation1" and summary["preset"] == "smoke"
-    assert set(summary["methods"]) == set(run.METHODS)
+    assert set(summary["methods"]) == set(mesa.METHODS)
     for name, s in summary["methods"].items():
         rows = report.read_episodes(str(sweep / "smoke" / "navigation1" / name / "seed0" / "episodes.csv"))
         assert s["seeds"] == 1 and s["episodes"] == len(rows["episode"]) >= 2
@@ -351,7 +354,7 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path, data_root):
     err_lines = [line for line in err.splitlines() if not line.startswith("navigation1/")]  # progress lines
     assert len(err_lines) <= 2 and "interrupted" in err and "Traceback" not in err
     finished = len(list(tmp_path.glob("smoke/navigation1/*/seed*/episodes.csv")))
-    assert 1 <= finished < 2 * len(run.METHODS)
+    assert 1 <= finished < 2 * len(mesa.METHODS)
     rerun = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and rerun.stdout.count("skipped navigation1/") == finished
 
@@ -371,7 +374,7 @@ def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeyp
         if str(path).endswith("phase3.pt") and state["episode"] == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(experiment, "save_checkpoint", save_then_stop)
     with pytest.raises(SystemExit):
         smoke(tmp_path / "cut", data_root, *options)
     monkeypatch.undo()

@@ -1,0 +1,382 @@
+"""One job of the comparison: MESA's Algorithm 1 (paper section 5) for one (env, method, seed).
+
+  1. set_seed(seed); a fresh SAC agent; its policy at initialisation gives the Bellman targets of
+     Phases 1-2 (recovery_rl docstring).
+  2. Phase 1 (mesa.phase1) on the training datasets (MESA, Multi-Task), D_test (RRL) or the
+     oracle's test-environment data (RRL-oracle), then Phase 2 (mesa.phase2) on D_test. The safety
+     critic is scored after each phase on a held-out collection of D_test's generator (loss
+     against the Bellman targets, and AUROC against report.danger_labels). Both phases are cached
+     in phase2.pt.
+  3. Reseed, then Phase 3 (recovery_rl.learn_online) in the test environment. The safety buffer
+     starts as the method's test-environment data (D_test; RRL-oracle: its own). Afterwards the
+     critic Phase 3 started from and the final one are scored on the transitions Phase 3 visited.
+A job writes <out>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt, final.pt,
+progress.csv, episodes.csv}; episodes.csv is written last and marks a finished run (finished()).
+Phase 3 checkpoints to phase3.pt every few minutes, and an interrupted job resumes from it.
+run.py builds the jobs from its command line and runs them in parallel.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import gymnasium
+import mujoco
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import datasets
+import envs
+import mesa
+import report
+from baselines import BASELINES, USES_CRITIC, ConstrainedSAC
+from mesa import Hyperparameters
+from presets import LATER_FIELDS
+from recovery_rl import Phase3Progress, Safety, learn_online, phase3_checkpoint, restore_phase3, safety_critic_loss
+from sac import SAC, ReplayBuffer, atomic_write, save_checkpoint, set_seed
+
+DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
+HELDOUT_SEED = 998            # D_test is file seed 999 (datasets.py): a different random collection
+HELDOUT_SIZE = {"smoke": 200, "quick": 5000, "paper": 10000}
+# Phase-3 checkpoints (phase3.pt) every this many episodes: a few minutes of a run apart, so that
+# writing one (the buffers dominate: about 200 MB for a paper-size HalfCheetah run) costs under 1%.
+CHECKPOINT_EVERY = {"navigation1": 50, "navigation2": 50, "maze": 50, "cartpole": 20, "halfcheetah": 5, "ant": 5}
+
+# Methods pretrained on the RRL-oracle's 10-20K test-environment transitions instead of D_test:
+# RRL-oracle, and Recovery RL's comparisons, which run in Recovery RL's setting.
+ORACLE_DATA_METHODS = ("rrl_oracle", *BASELINES)
+
+# progress.csv gets a row every this many Phase-3 steps (a few hundred rows per run at most).
+LOG_EVERY = {"navigation1": 1000, "navigation2": 1000, "maze": 1000, "cartpole": 1000, "halfcheetah": 5000, "ant": 5000}
+
+
+@dataclasses.dataclass
+class Job:
+    env: str
+    method: str
+    seed: int
+    preset: str
+    hp: Hyperparameters
+    episodes: int
+    out: str
+    data_root: str
+    test_variant: str
+    progress: str                # "bars" (tqdm), "lines" (periodic lines: parallel workers) or "none"
+    test_fraction: float = 1.0   # share of D_test used (paper Figure 6)
+    scale_inputs: bool = True    # standardise observations with D_test's statistics
+    env_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. {"goal_radius": 4.0}
+    oracle_variant: str = "mesa"  # RRL-oracle's generator ("rrl": Recovery RL's Navigation 2)
+    checkpoint_every: int = 0    # Phase-3 checkpoint every this many episodes (0: CHECKPOINT_EVERY[env])
+    keep_checkpoint: bool = False  # keep phase3.pt after the run finishes
+    tensorboard: bool = False    # also write progress.csv's scalars for TensorBoard (optional package)
+
+    @property
+    def folder(self) -> str:
+        return os.path.join(self.out, self.env, self.method, f"seed{self.seed}")
+
+    def key(self, phase3: bool = True) -> str:
+        """Hash of what the result depends on; phase3=False: only what Phases 1-2 depend on."""
+        hp = dataclasses.asdict(self.hp)
+        for group, names in LATER_FIELDS.items():
+            defaults = type(getattr(self.hp, group))()
+            for name in names:
+                if name in hp[group] and hp[group][name] == getattr(defaults, name):
+                    del hp[group][name]
+        if self.method not in BASELINES:     # absent: the other methods' keys stay as they were
+            del hp["baseline"]
+        if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
+            hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
+            hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
+        what = {"env": self.env, "method": self.method, "seed": self.seed, "preset": self.preset,
+                "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": hp,
+                "test_fraction": self.test_fraction, "scale_inputs": self.scale_inputs,
+                "episodes": self.episodes if phase3 else None}
+        if self.env_kwargs or self.oracle_variant != "mesa":   # absent keys keep older run keys valid
+            what.update(env_kwargs=self.env_kwargs, oracle_variant=self.oracle_variant)
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
+    """A collection of D_test's generator in the test environment that D_test does not hold (cached)."""
+    n = max(HELDOUT_SIZE[preset], datasets.PRESET_SPECS[preset][env].n_test)
+    return datasets.get_heldout(env, preset, root, variant, n, HELDOUT_SEED, DATA_SEED)
+
+
+def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
+    """MSE of Q_risk against its Bellman targets, and AUROC of Q_risk against upcoming violations.
+
+    heldout: transitions in collection order (a held-out set, or the ones Phase 3 visited).
+    """
+    batch = {"obs": torch.from_numpy(heldout["observations"]), "act": torch.from_numpy(heldout["actions"]),
+             "cost": torch.from_numpy(heldout["costs"]),
+             "next_obs": torch.from_numpy(heldout["next_observations"])}
+    gamma = safety.cfg.gamma_risk
+    horizon = round(1.0 / (1.0 - gamma)) if gamma < 1 else np.inf
+    labels = report.danger_labels(heldout["costs"], heldout["terminals"], heldout["timeouts"], horizon)
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)                     # the same target samples for every evaluation
+        q = safety.q_risk(batch["obs"], batch["act"])
+        loss = safety_critic_loss(q, safety.targets(batch, policy)).item()
+    return {"loss": loss, "auroc": report.auroc(q.numpy(), labels), "positives": int(labels.sum()),
+            "transitions": len(labels), "label_horizon": float(horizon)}
+
+
+class ProgressLines:
+    """Progress as periodic one-line reports (for parallel workers, where bars would interleave):
+    run, phase, count, speed and ETA every `every` seconds and when the phase ends."""
+
+    def __init__(self, label: str, total: int, every: float = 30.0):
+        self.label, self.total, self.every, self.count, self.postfix = label, total, every, 0, ""
+        self.t0 = self.last = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None and self.total:
+            self._print()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        if time.perf_counter() - self.last >= self.every:
+            self._print()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def _print(self) -> None:
+        self.last = time.perf_counter()
+        elapsed = self.last - self.t0
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.count) / rate if rate > 0 else float("nan")
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.label} {self.count}/{self.total}, {rate:.2f}/s, {elapsed / 60:.1f} min, "
+              f"ETA {eta / 60:.1f} min{extra}", file=sys.stderr, flush=True)
+
+
+def progress_bar(job: Job, phase: str, total: int):
+    """A tqdm bar (one worker), periodic lines (several workers) or nothing (--no-progress)."""
+    label = f"{job.env}/{job.method}/seed{job.seed} {phase}"
+    if job.progress == "lines":
+        return ProgressLines(label, total)
+    return tqdm(total=total, desc=label, leave=False, disable=job.progress != "bars" or total == 0,
+                mininterval=0.5, file=sys.stderr)
+
+
+def offline_buffers(job: Job, train: list, test: dict) -> tuple[list[ReplayBuffer], ReplayBuffer]:
+    """Replay buffers of the training datasets (MESA and Multi-Task only) and of the method's
+    test-environment data (D_test; RRL-oracle's own)."""
+    train_buffers = [ReplayBuffer.from_arrays(d, seed=job.seed + 1 + i) for i, d in enumerate(train)] \
+        if job.method in ("mesa", "multitask") else []
+    return train_buffers, ReplayBuffer.from_arrays(test, seed=job.seed)
+
+
+def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, heldout: dict) -> dict:
+    """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}."""
+    hp, method, timings, critic = job.hp, job.method, {}, {}
+    train_buffers, test_buffer = offline_buffers(job, train, test)
+    steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps}.get(method, hp.rrl.steps)
+    adapts = method in ("mesa", "multitask")
+    for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if adapts else 0)):
+        t0 = time.perf_counter()
+        with progress_bar(job, phase, total) as bar:
+            callback = lambda step, metrics: bar.update(1)  # noqa: E731
+            if phase == "phase1":
+                mesa.phase1(method, safety, train_buffers, test_buffer, policy, hp, job.seed, callback)
+            else:
+                mesa.phase2(method, safety, test_buffer, policy, hp, callback, train_buffers)
+        timings[phase] = time.perf_counter() - t0
+        critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
+    return {"timings": timings, "critic": critic}
+
+
+def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
+    """(training datasets, the method's test-environment data, test env, scaling of further datasets)
+    as the job's networks see them.
+
+    D_test is cut to job.test_fraction; RRL-oracle gets its own data instead. With job.scale_inputs
+    every observation, offline and online, is standardised with the statistics of that D_test, for
+    every method alike (docs/design.md).
+    """
+    train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
+    test = datasets.head(test, job.test_fraction)
+    own = test if job.method not in ORACLE_DATA_METHODS else datasets.get_oracle(
+        job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED, variant=job.oracle_variant)
+    env = envs.make_env(job.env, envs.test_task(job.env, job.test_variant), **job.env_kwargs)
+    if not job.scale_inputs:
+        return train, own, env, lambda data: data
+    mean, std = observation_statistics(job)
+    scale = lambda data: datasets.scaled(data, mean, std)   # noqa: E731
+    return [scale(d) for d in train], scale(own), envs.scaled_observations(env, mean, std), scale
+
+
+def observation_statistics(job: Job) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and std of D_test's observations (its first test_fraction), which standardise every
+    input of the job's networks; None where the job feeds raw observations."""
+    if not job.scale_inputs:
+        return None
+    _, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
+    return datasets.observation_scale(datasets.head(test, job.test_fraction))
+
+
+def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
+    """set_seed(job.seed), then a new SAC agent and (all but Unconstrained) a new Safety for env."""
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    set_seed(job.seed)
+    if job.method not in BASELINES:
+        agent = SAC(obs_dim, act_dim, low, high, job.hp.sac)
+        safety = None if job.method == "unconstrained" else Safety(obs_dim, act_dim, low, high, job.hp.recovery)
+        return agent, safety
+    safety = None                      # the baselines: Q_risk without a recovery policy, or none (RP)
+    if job.method in USES_CRITIC:
+        safety = Safety(obs_dim, act_dim, low, high, job.hp.recovery, recovery=False)
+    agent = ConstrainedSAC(job.method, obs_dim, act_dim, low, high, job.hp.sac, job.hp.baseline, safety, job.episodes)
+    return agent, safety
+
+
+def cached_offline_phases(job: Job, key: str) -> dict | None:
+    """The saved Phases 1-2 (phase2.pt) with this key: the run's own, or the same run's in another
+    configuration folder beside it (e.g. one that changed only eps_risk or the episodes), copied in."""
+    own = os.path.join(job.folder, "phase2.pt")
+    siblings = sorted(glob.glob(os.path.join(os.path.dirname(job.out), "*", job.env, job.method,
+                                             f"seed{job.seed}", "phase2.pt")))
+    for path in [own, *siblings]:
+        if os.path.exists(path):
+            state = torch.load(path, weights_only=True)
+            if state["key"] == key:
+                if path != own:
+                    os.makedirs(job.folder, exist_ok=True)
+                    save_checkpoint(state, own)
+                return state
+    return None
+
+
+def run_one(job: Job) -> dict:
+    """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
+    t_start = time.perf_counter()
+    train, test, env, scale = load_inputs(job)
+    agent, safety = fresh_networks(job, env)
+    info = {"timings": {}, "critic": {}}
+    if safety is not None:
+        cache, key = os.path.join(job.folder, "phase2.pt"), job.key(phase3=False)
+        state = cached_offline_phases(job, key)
+        if state is not None:
+            safety.load_state_dict(state["safety"])
+            info = {"timings": state["timings"], "critic": state["critic"], "phase2_cached": True}
+        else:
+            heldout = scale(heldout_set(job.env, job.preset, job.data_root, job.test_variant))
+            info = offline_phases(job, safety, agent.policy, train, test, heldout)
+            os.makedirs(job.folder, exist_ok=True)
+            save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
+
+    set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
+    start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None
+    progress = Phase3Progress.start(env, safety, job.episodes, job.seed, test)
+    rows, seconds_before = resume_phase3(job, env, agent, safety, progress)
+    if rows:
+        start_state = torch.load(checkpoint_path(job), weights_only=True)["start_state"]
+    t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
+    os.makedirs(job.folder, exist_ok=True)
+    log = report.TrainingLog(os.path.join(job.folder, "progress.csv"), progress.env_step,
+                             os.path.join(job.folder, "tensorboard") if job.tensorboard else None)
+    with progress_bar(job, "phase3", job.episodes) as bar:
+        bar.update(len(rows))
+        for row in learn_online(env, agent, safety, job.episodes, job.seed, progress=progress, log=log,
+                                log_every=20 if job.preset == "smoke" else LOG_EVERY[job.env]):
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
+            if progress.episode % every == 0 and progress.episode < job.episodes:
+                save_checkpoint({"key": job.key(), "rows": rows, "start_state": start_state,
+                                 "seconds": seconds_before + time.perf_counter() - t0,
+                                 **phase3_checkpoint(env, agent, safety, progress)}, checkpoint_path(job))
+    env.close()
+    log.close()
+    info["timings"]["phase3"] = seconds_before + time.perf_counter() - t0
+    if safety is not None:       # the buffer's rows after the offline data: what Phase 3 visited
+        visited = {k: v[len(test["rewards"]):] for k, v in progress.safety_buffer.arrays().items()}
+        info["critic"].update(onpolicy_quality(safety, start_state, visited, agent.policy))
+    stats = observation_statistics(job)
+    save_checkpoint({"key": job.key(), "sac": agent.state_dict(),
+                     "safety": safety.state_dict() if safety is not None else None,
+                     "obs_scale": None if stats is None else tuple(torch.from_numpy(s) for s in stats)},
+                    os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)
+    info["timings"]["total"] = time.perf_counter() - t_start
+    write_run(job, info, rows)
+    if os.path.exists(checkpoint_path(job)) and not job.keep_checkpoint:
+        os.remove(checkpoint_path(job))
+    return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
+            "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
+            "seconds": info["timings"]["total"]}
+
+
+def checkpoint_path(job: Job) -> str:
+    return os.path.join(job.folder, "phase3.pt")
+
+
+def resume_phase3(job: Job, env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> tuple[list, float]:
+    """(episode rows so far, Phase-3 seconds so far) of this run's checkpoint, restored into the
+    fresh objects; ([], 0) where there is none or it belongs to another configuration."""
+    path = checkpoint_path(job)
+    if not os.path.exists(path):
+        return [], 0.0
+    state = torch.load(path, weights_only=True)
+    if state["key"] != job.key():
+        return [], 0.0
+    restore_phase3(state, env, agent, safety, progress)
+    print(f"resumed {job.env}/{job.method}/seed{job.seed} at episode {progress.episode}", flush=True)
+    return state["rows"], state["seconds"]
+
+
+def onpolicy_quality(safety: Safety, start_state: dict, visited: dict, policy) -> dict:
+    """Critic quality on the transitions Phase 3 visited: the critic it started from and the final one."""
+    final = copy.deepcopy(safety.state_dict())
+    scores = {"onpolicy_final": critic_quality(safety, visited, policy)}
+    safety.load_state_dict(start_state)
+    scores["onpolicy_start"] = critic_quality(safety, visited, policy)
+    safety.load_state_dict(final)
+    return scores
+
+
+def versions() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__, "git_commit": commit or "unknown"}
+
+
+def write_run(job: Job, info: dict, rows: list[dict]) -> None:
+    """config.json and metrics.json first, episodes.csv last: its presence marks a finished run."""
+    config = {"env": job.env, "method": job.method, "seed": job.seed, "preset": job.preset,
+              "episodes": job.episodes, "test_variant": job.test_variant, "data_seed": DATA_SEED,
+              "data_root": job.data_root, "hyperparameters": dataclasses.asdict(job.hp),
+              "env_kwargs": job.env_kwargs, "test_fraction": job.test_fraction, "scale_inputs": job.scale_inputs,
+              "oracle_variant": job.oracle_variant,
+              "phase2_lr": job.hp.phase2_lr(job.method), "run_key": job.key(), "torch_threads":
+              torch.get_num_threads(), "versions": versions(), "command": sys.argv}
+    report.write_json(os.path.join(job.folder, "config.json"), config)
+    report.write_json(os.path.join(job.folder, "metrics.json"), info)
+    atomic_write(os.path.join(job.folder, "episodes.csv"), report.episodes_csv(rows))
+
+
+def finished(job: Job) -> bool:
+    """A run is finished when its episodes.csv exists and its config has the same run key."""
+    try:
+        with open(os.path.join(job.folder, "config.json")) as f:
+            same = json.load(f)["run_key"] == job.key()
+        return same and os.path.exists(os.path.join(job.folder, "episodes.csv"))
+    except (OSError, ValueError, KeyError):
+        return False
