@@ -93,6 +93,8 @@ class Job:
                     del hp[group][name]
         if self.method not in BASELINES:     # absent: the other methods' keys stay as they were
             del hp["baseline"]
+        if self.method != "mesa":            # MESA's alone (mesa.Hyperparameters.phase2_tau)
+            del hp["meta"]["adapted_tau_risk"]
         if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
             hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
             hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
@@ -272,6 +274,7 @@ def run_one(job: Job) -> dict:
         state = cached_offline_phases(job, key)
         if state is not None:
             safety.load_state_dict(state["safety"])
+            safety.tau_risk = job.hp.phase2_tau(job.method)    # as mesa.phase2 leaves it for Phase 3
             info = {"timings": state["timings"], "critic": state["critic"], "phase2_cached": True}
         else:
             heldout = scale(heldout_set(job.env, job.preset, job.data_root, job.test_variant))

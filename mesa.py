@@ -64,6 +64,7 @@ class MetaConfig:
     outer_lr: float = 1e-5       # alpha2: outer Adam step
     inner_steps: int = 1         # inner gradient steps per task
     second_order: bool = True    # differentiate through the inner step (False: first-order MAML)
+    adapted_tau_risk: float = 2e-4  # Phases 2-3: Polyak rate of Q_risk's target, which starts as the meta-trained critic [authors' code]
     learn_inner_lr: bool = False  # learn one inner rate softplus(rho) per parameter tensor, from alpha1 (Meta-SGD) [authors]
     inner_lr_lr: float = 1e-3    # Adam lr of the learned inner rates' rho [authors: 1e-3]
     outer_grad_clip: float = 0.0  # clip the outer gradient of Q_risk to this norm; 0: no clip [authors: 40]
@@ -81,6 +82,7 @@ class MetaConfig:
         require(self.outer_grad_clip >= 0 and self.pi_rec_lr >= 0,
                 f"outer gradient clip and pi_rec lr must be >= 0, got {self.outer_grad_clip}, {self.pi_rec_lr}")
         require(self.inner_lr > 0 or not self.learn_inner_lr, "learned inner rates start at inner_lr, which must be > 0")
+        require(0 < self.adapted_tau_risk <= 1, f"adapted_tau_risk must lie in (0, 1], got {self.adapted_tau_risk}")
 
 
 @dataclass
@@ -117,6 +119,13 @@ class Hyperparameters:
         """Phase 2 and Phase 3 lr of Q_risk / pi_rec: alpha1 for MESA, eta for Multi-Task, RRL's own."""
         return {"mesa": self.meta.inner_lr, "multitask": self.multitask.lr}.get(method, self.rrl.lr)
 
+    def phase2_tau(self, method: str) -> float:
+        """Phase 2 and Phase 3 Polyak rate of Q_risk's target: MESA's adapted_tau_risk, the others'
+        tau_risk. The authors' MESA lags its adapted critic's target at 2e-4 (mesa-safe-rl
+        run_multitask.py:636-656 at 1f3bc9d), while their RRL and Multi-Task critics bootstrap from
+        the current network (sac.py:147-159)."""
+        return self.meta.adapted_tau_risk if method == "mesa" else self.recovery.tau_risk
+
 
 NAVIGATION = ("navigation1", "navigation2")
 
@@ -128,9 +137,10 @@ def paper_hyperparameters(env: str) -> Hyperparameters:
     table's 2000 on navigation. Maze: Recovery RL's scripts/maze.sh.
 
     Q_risk's Bellman target comes from the current network (tau_risk = 1), as in the MESA code that
-    ran these experiments (mesa-safe-rl sac.py:140-155 at 1f3bc9d: the RRL / Multi-Task critic has no
-    target network; run_multitask.py:478: MAML targets from the current meta-parameters). The paper
-    is silent. Recovery RL's own code lags the target (tau 2e-4, RecoveryConfig's default, which the
+    ran these experiments (mesa-safe-rl at 1f3bc9d: the RRL / Multi-Task critic reads no target
+    network, sac.py:147-159; MAML's targets come from a fresh copy of the meta-parameters,
+    run_multitask.py:483). Only MESA's adapted critic lags its target, at 2e-4 from Phase 2 on
+    (meta.adapted_tau_risk, run_multitask.py:636-656). The paper is silent. Recovery RL's own code lags the target (tau 2e-4, RecoveryConfig's default, which the
     Recovery RL check keeps): each Bellman backup then takes about 1 / tau = 5000 steps to settle, so
     10K pretraining steps carry a violation only about two steps back, and Q_risk of a state k > 2
     steps from a violation stays near gamma_risk^2 * 0.5 (the sigmoid's start), above Cartpole's
@@ -310,10 +320,13 @@ def phase2(method: str, safety: Safety, test: ReplayBuffer, policy: Policy, hp: 
     """
     if method in ("unconstrained", "rp"):
         return
+    safety.tau_risk = hp.phase2_tau(method)
+    if method == "mesa":   # the target starts as the meta-trained critic, as in the authors' code
+        safety.q_risk_targ.load_state_dict(safety.q_risk.state_dict())
     if method in ("mesa", "multitask"):
         data = test
         if method == "multitask" and hp.multitask.phase2_with_train:
             require(len(train) > 0, "Multi-Task's Phase 2 with training data needs the training buffers")
             data = pooled([*train, test])
         fit(safety, data, policy, dataclasses.replace(hp.adapt, lr=hp.phase2_lr(method)), callback)
-    safety.set_lr(hp.phase2_lr(method))  # Phase 3 continues at the Phase-2 lr
+    safety.set_lr(hp.phase2_lr(method))  # Phase 3 continues at the Phase-2 lr and target rate

@@ -132,6 +132,7 @@ class Safety:
         self.recovery = recovery   # False: Q_risk is learned but pi_rec never acts (baselines.py)
         self.q_risk = SafetyCritic(obs_dim, act_dim, cfg.hidden)
         self.q_risk_targ = frozen_copy(self.q_risk)
+        self.tau_risk = cfg.tau_risk   # Polyak rate of q_risk_targ; MESA's Phases 2-3 set their own (mesa.phase2)
         self.pi_rec = RecoveryPolicy(obs_dim, act_dim, action_low, action_high, cfg.hidden)
         self.set_lr(cfg.lr)
 
@@ -156,7 +157,7 @@ class Safety:
         self.q_optim.zero_grad(set_to_none=True)
         loss.backward()
         self.q_optim.step()
-        polyak_update(self.q_risk_targ, self.q_risk, self.cfg.tau_risk)
+        polyak_update(self.q_risk_targ, self.q_risk, self.tau_risk)
         return loss.item()
 
     def update_recovery(self, obs: torch.Tensor) -> float:

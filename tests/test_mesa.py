@@ -276,6 +276,31 @@ def test_phase1_and_phase2_train_the_safety_critic_and_recovery_policy(method):
     assert safety.q_optim.param_groups[0]["lr"] == hp.phase2_lr(method)
 
 
+def parameters(network):
+    return torch.cat([p.detach().flatten() for p in network.parameters()])
+
+
+@pytest.mark.parametrize("method", ["mesa", "multitask"])
+def test_mesa_adapted_target_starts_at_the_meta_trained_critic_and_lags_it(method):
+    """The authors' MESA: from Phase 2 on, Q_risk's target is a copy of the meta-trained critic that
+    follows the adapted one at 2e-4; Multi-Task (tau_risk 1) bootstraps from the current network."""
+    train, test, agent, safety, hp = make_setup()
+    hp.recovery.tau_risk, hp.adapt.steps = 1.0, 20
+    phase1(method, safety, train, test, agent.policy, hp)
+    with torch.no_grad():                       # a stale target, as after a lagged Phase 1
+        for p in safety.q_risk_targ.parameters():
+            p.add_(1.0)
+    trained = parameters(safety.q_risk)
+    phase2(method, safety, test, agent.policy, hp)
+    adapted, target = parameters(safety.q_risk), parameters(safety.q_risk_targ)
+    assert safety.tau_risk == hp.phase2_tau(method) == {"mesa": 2e-4, "multitask": 1.0}[method]
+    assert (adapted - trained).abs().max() > 1e-3                       # Phase 2 moved the critic
+    if method == "mesa":     # (1 - 2e-4)^20: the target moved under 0.5% of the way to the adapted critic
+        assert torch.allclose(target, trained + 0.004 * (adapted - trained), atol=0.004 * (adapted - trained).abs().max())
+    else:
+        assert torch.equal(target, adapted)
+
+
 def test_unknown_method_is_refused():
     train, test, agent, safety, hp = make_setup()
     with pytest.raises(ValueError, match="unknown method 'maml'"):
@@ -297,6 +322,7 @@ def test_paper_hyperparameters_follow_the_spec():
     # Q_risk bootstraps from the current network, as the MESA code; Recovery RL's lag stays the default
     assert all(paper_hyperparameters(e).recovery.tau_risk == 1.0 for e in ("halfcheetah", "navigation1", "cartpole"))
     assert RecoveryConfig().tau_risk == 2e-4
+    assert hc.meta.adapted_tau_risk == 2e-4 and hc.phase2_tau("mesa") == 2e-4 and hc.phase2_tau("rrl") == 1.0
 
 
 @pytest.mark.parametrize("make, message", [
@@ -308,6 +334,7 @@ def test_paper_hyperparameters_follow_the_spec():
     (lambda: MetaConfig(target="psi"), "meta target must be one of lagged, current"),
     (lambda: MetaConfig(outer_grad_clip=-1.0), "outer gradient clip and pi_rec lr must be >= 0"),
     (lambda: MetaConfig(learn_inner_lr=True, inner_lr=0.0), "learned inner rates start at inner_lr"),
+    (lambda: MetaConfig(adapted_tau_risk=0.0), "adapted_tau_risk must lie in"),
 ])
 def test_nonsense_hyperparameters_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
