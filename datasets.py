@@ -13,7 +13,7 @@ The generators follow the authors' (docs/datasets.md lists file and line of each
   (Recovery RL's navigation2.py, used only by the Recovery RL check) draws a third of the starts
   uniformly over [-40, 10] x [-25, 25].
 - Maze: 20-step segments from three bands of x, half with uniformly random actions, half with the
-  scripted expert (envs.Maze.expert_action); a segment ends at the first violation.
+  scripted expert (point_envs.Maze.expert_action); a segment ends at the first violation.
 - Cartpole, HalfCheetah, Ant training sets and the RRL-oracle sets: the replay buffer of one SAC run
   per task, stopped when it holds the dataset's size; its episodes do not end on a violation (the
   paper's violation counts need that). Test sets: uniformly random actions over full episodes,
@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 import envs
+import point_envs
 from sac import FIELDS, SAC, OneLineParser, ReplayBuffer, SACConfig, atomic_write, set_seed
 
 FORMAT_VERSION = 2
@@ -317,7 +318,7 @@ def near_obstacle_share(name: str, observations: np.ndarray) -> float:
     if name == "navigation1":
         return float(np.mean((np.abs(y) < 5) & (x > -80) & (x < 0)))
     if name == "navigation2":
-        (x0, x1, y0, y1), = envs.NAV_OBSTACLES[2]
+        (x0, x1, y0, y1), = point_envs.NAV_OBSTACLES[2]
         dx = np.maximum(np.maximum(x0 - x, x - x1), 0.0)     # distance to the box along each axis
         dy = np.maximum(np.maximum(y0 - y, y - y1), 0.0)
         return float(np.mean(np.hypot(dx, dy) <= 5.0))

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import envs  # noqa: E402
 import experiment  # noqa: E402
+import point_envs  # noqa: E402
 from recovery_rl import RecoveryConfig, Safety  # noqa: E402
 from sac import SAC, OneLineParser, SACConfig  # noqa: E402
 
@@ -127,17 +128,17 @@ def position(saved: SavedAgent):
 def obstacles(env_name: str) -> tuple:
     """The boxes (x0, x1, y0, y1) a point must not touch, in the test task."""
     if env_name == "maze":
-        return envs.maze_walls(*envs.test_task("maze")["w"])
-    return envs.NAV_OBSTACLES[1 if env_name == "navigation1" else 2]
+        return point_envs.maze_walls(*envs.test_task("maze")["w"])
+    return point_envs.NAV_OBSTACLES[1 if env_name == "navigation1" else 2]
 
 
 def plot_paths(path: str, saved: SavedAgent, results: dict) -> None:
     """One panel per mode: the paths over the obstacles, Q_risk of the task policy's action behind."""
     maze = saved.env_name == "maze"
-    lim = (-envs.MAZE_HALF, envs.MAZE_HALF, -envs.MAZE_HALF, envs.MAZE_HALF) if maze else (-90, 20, -20, 20)
+    lim = (-point_envs.MAZE_HALF, point_envs.MAZE_HALF, -point_envs.MAZE_HALF, point_envs.MAZE_HALF) if maze else (-90, 20, -20, 20)
     if saved.env_name == "navigation2":
         lim = (-60, 10, -25, 25)
-    goal = envs.MAZE_GOAL if maze else np.zeros(2)
+    goal = point_envs.MAZE_GOAL if maze else np.zeros(2)
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results) + 1, 4.4), squeeze=False,
                              layout="constrained")
     for ax, (mode, result) in zip(axes[0], results.items()):

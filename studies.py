@@ -33,6 +33,7 @@ import datasets  # noqa: E402
 import envs  # noqa: E402
 import experiment  # noqa: E402
 import mesa  # noqa: E402
+import point_envs  # noqa: E402
 import presets  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -95,7 +96,7 @@ def parallel(function, jobs: list, workers: int) -> list:
 
 def heatmap(safety: Safety, scale, n: int = 61) -> np.ndarray:
     """Q_risk over an n x n grid of the maze, averaged over the nine actions {-1, 0, 1}^2.  # (n, n)"""
-    xs = np.linspace(-envs.MAZE_HALF, envs.MAZE_HALF, n, dtype=np.float32)
+    xs = np.linspace(-point_envs.MAZE_HALF, point_envs.MAZE_HALF, n, dtype=np.float32)
     grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)           # row i: y = xs[i]
     obs = torch.from_numpy(scale({"observations": grid, "next_observations": grid})["observations"])
     with torch.no_grad():
@@ -141,15 +142,15 @@ def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str
 def plot_heatmaps(path: str, by_method: dict) -> None:
     """Seed 0's Q_risk maps, one row per method, one column per number of adaptation steps."""
     fig, axes = plt.subplots(2, len(HEATMAP_STEPS), figsize=(3.2 * len(HEATMAP_STEPS), 6.2), squeeze=False)
-    h = envs.MAZE_HALF
+    h = point_envs.MAZE_HALF
     for row, (method, runs) in enumerate(by_method.items()):
         for col, step in enumerate(HEATMAP_STEPS):
             ax = axes[row, col]
             image = ax.imshow(runs[0]["heatmaps"][step], origin="lower", extent=(-h, h, -h, h),
                               vmin=0, vmax=1, cmap="viridis")
-            for x0, x1, y0, y1 in envs.maze_walls(*envs.test_task("maze")["w"]):
+            for x0, x1, y0, y1 in point_envs.maze_walls(*envs.test_task("maze")["w"]):
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1))
-            ax.plot(*envs.MAZE_GOAL, "w*", label="goal")
+            ax.plot(*point_envs.MAZE_GOAL, "w*", label="goal")
             ax.set_title(f"{report.LABELS[method]}, {step} adaptation steps", fontsize=9)
             ax.set(xlabel="x", ylabel="y")
             if row == col == 0:

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs
+import mujoco_envs
+import point_envs
 
 warnings.filterwarnings("ignore", module="gymnasium")
 
@@ -57,13 +59,13 @@ def test_unknown_name_lists_valid_names():
 def _task_of(env) -> dict:
     """The task keywords an env instance was built with, read back from its attributes."""
     u = env.unwrapped
-    if isinstance(u, envs.Navigation):
+    if isinstance(u, point_envs.Navigation):
         return {"b": tuple(u.b)}
-    if isinstance(u, envs.Maze):
+    if isinstance(u, point_envs.Maze):
         return {"w": tuple(u.w)}
-    if isinstance(u, envs.CartpoleLength):
+    if isinstance(u, mujoco_envs.CartpoleLength):
         return {"length": u.length}
-    if isinstance(u, envs.AntDisabled):
+    if isinstance(u, mujoco_envs.AntDisabled):
         return {"leg": float(u.leg)}
     return {"torque_scale": tuple(u.torque_scale)}
 
@@ -136,9 +138,9 @@ def test_stored_task_values_round_trip():
         env = envs.make_env(name, task)
         assert _task_of(env) == envs.test_task(name)
     with pytest.raises(ValueError, match="leg"):
-        envs.AntDisabled(leg=4.0)
+        mujoco_envs.AntDisabled(leg=4.0)
     with pytest.raises(ValueError, match="leg"):
-        envs.AntDisabled(leg=1.5)
+        mujoco_envs.AntDisabled(leg=1.5)
 
 
 # ----------------------------------------------------------------------------- time per step
@@ -154,7 +156,7 @@ def test_seconds_per_step(name, dt):
 
 
 def test_locomotion_timesteps_and_observation_sizes():
-    hc, ant = envs.HalfCheetahDisabled(), envs.AntDisabled()
+    hc, ant = mujoco_envs.HalfCheetahDisabled(), mujoco_envs.AntDisabled()
     assert hc.model.opt.timestep == 0.01 and hc.frame_skip == 1
     assert ant.model.opt.timestep == 0.01 and ant.frame_skip == 2
     assert hc.reset(seed=0)[0].shape == (17,) and ant.reset(seed=0)[0].shape == (27,)
@@ -162,7 +164,7 @@ def test_locomotion_timesteps_and_observation_sizes():
 
 # ----------------------------------------------------------------------------- navigation
 def test_navigation_violation_sticky_and_termination():
-    env = envs.Navigation(layout=1, b=(1.0, 1.0))
+    env = point_envs.Navigation(layout=1, b=(1.0, 1.0))
     _, info = env.reset(seed=0)
     assert info["cost"] == 0.0                                 # normal start is safe
     assert env.violates(np.array([0.0, 7.0])) and env.violates(np.array([-90.0, 0.0]))
@@ -170,14 +172,14 @@ def test_navigation_violation_sticky_and_termination():
     env.reset(options={"start": (10.0, 4.9)})
     obs, _, term, _, info = env.step(np.array([0.0, 1.0]))
     assert info["cost"] == 1.0 and term and 5.0 <= obs[1] <= 10.0
-    env = envs.Navigation(layout=1, b=(1.0, 1.0), terminate_on_violation=False)
+    env = point_envs.Navigation(layout=1, b=(1.0, 1.0), terminate_on_violation=False)
     env.reset(seed=0, options={"start": (10.0, 4.9)})
     inside, _, term, _, info = env.step(np.array([0.0, 1.0]))
     assert info["cost"] == 1.0 and not term
     for _ in range(3):                                         # inside an obstacle: stays put
         obs, _, term, _, info = env.step(np.array([0.0, -1.0]))
         assert np.array_equal(obs, inside) and info["cost"] == 1.0 and not term
-    nav2 = envs.Navigation(layout=2)
+    nav2 = point_envs.Navigation(layout=2)
     assert nav2.violates(np.array([-25.0, 0.0])) and not nav2.violates(np.array([-35.0, 0.0]))
     assert nav2.reset(seed=1)[1]["cost"] == 0.0
 
@@ -215,17 +217,17 @@ def test_navigation_goal_radius_option():
     _, _, term, _, info = _nav_step(env, (4.1, 0.0), (-1.0, 0.0))
     assert not term and not info["success"]
     default = envs.make_env("navigation1")
-    assert default.unwrapped.goal_radius == envs.NAV_GOAL_RADIUS == 1.0
+    assert default.unwrapped.goal_radius == point_envs.NAV_GOAL_RADIUS == 1.0
     _, _, term, _, info = _nav_step(default, (3.9, 0.0))
     assert not term and info["success"]
-    wide = envs.Navigation(goal_radius=6.0)                           # reaching the goal succeeds
+    wide = point_envs.Navigation(goal_radius=6.0)                           # reaching the goal succeeds
     _, _, term, _, info = _nav_step(wide, (5.0, 0.0))
     assert term and info["success"]
 
 
 # ----------------------------------------------------------------------------- maze
 def test_maze_step_size_and_reward():
-    env = envs.Maze(w=(-0.08, 0.08))
+    env = point_envs.Maze(w=(-0.08, 0.08))
     for a in [(1.0, 1.0), (-1.0, 1.0), (0.5, -0.25), (3.0, -7.0)]:
         env.reset(options={"start": (0.0, 0.0)})
         obs, r, term, _, info = env.step(np.array(a, np.float32))
@@ -233,13 +235,13 @@ def test_maze_step_size_and_reward():
         np.testing.assert_allclose(obs, 0.0247 * np.clip(a, -1, 1), atol=2e-4 * np.abs(np.clip(a, -1, 1)).max())
         goal_rms = np.sqrt(np.mean((np.array([0.25, 0.0]) - env.state) ** 2))
         assert r == pytest.approx(-goal_rms) and not term and info["cost"] == 0.0   # after the step
-    assert envs.MAZE_STEP == pytest.approx(0.0247, abs=1e-4)
+    assert point_envs.MAZE_STEP == pytest.approx(0.0247, abs=1e-4)
 
 
 def test_maze_walls_border_and_thickness():
     """Contact thresholds of the original's cylinder (radius 0.025) against its 0.01-thick walls
     and the border planes, as MuJoCo gives them for recovery-rl's simple_maze.xml."""
-    env = envs.Maze(w=(-0.08, 0.08), terminate_on_violation=False)
+    env = point_envs.Maze(w=(-0.08, 0.08), terminate_on_violation=False)
     _, info = env.reset(seed=0)
     assert info["cost"] == 0.0
     for x0, x1, y0, y1 in env.walls:
@@ -256,9 +258,9 @@ def test_maze_walls_border_and_thickness():
     assert env.violates(np.array([0.1, 0.2551])) and not env.violates(np.array([0.1, 0.2549]))
     corner = np.array([-0.095, -0.13]) + np.array([1.0, 1.0]) / np.sqrt(2) * np.array([0.0249, 0.0251])[:, None]
     assert env.violates(corner[0]) and not env.violates(corner[1])     # rounded corner
-    assert len(envs.maze_walls(-0.08, 0.08)) == 4
-    assert len(envs.maze_walls(0.05, 0.0)) == 3            # the upper segment at x = -0.1 is outside
-    assert envs.Maze(w=(0.1, 0.0)).violates(np.array([-0.1, 0.0]))   # gap moved up by w1
+    assert len(point_envs.maze_walls(-0.08, 0.08)) == 4
+    assert len(point_envs.maze_walls(0.05, 0.0)) == 3            # the upper segment at x = -0.1 is outside
+    assert point_envs.Maze(w=(0.1, 0.0)).violates(np.array([-0.1, 0.0]))   # gap moved up by w1
 
 
 def test_maze_goal_ends_the_episode_with_success():
@@ -275,7 +277,7 @@ def test_maze_goal_ends_the_episode_with_success():
 
 
 def test_maze_full_speed_stops_at_the_wall_face():
-    env = envs.Maze(w=(-0.08, 0.08), terminate_on_violation=False)
+    env = point_envs.Maze(w=(-0.08, 0.08), terminate_on_violation=False)
     for x in np.linspace(-0.16, -0.1301, 13):
         env.reset(options={"start": (x, -0.2)})
         while True:
@@ -287,10 +289,10 @@ def test_maze_full_speed_stops_at_the_wall_face():
     # a full-speed diagonal whose end points are both clear but whose path clips wall 1's corner
     corner, radial, along = np.array([-0.095, -0.13]), np.array([1.0, 1.0]) / np.sqrt(2), np.array([1.0, -1.0]) / np.sqrt(2)
     start = corner + 0.024 * radial - 0.0174 * along
-    assert not env.violates(start) and not env.violates(start + envs.MAZE_STEP * np.array([1.0, -1.0]))
+    assert not env.violates(start) and not env.violates(start + point_envs.MAZE_STEP * np.array([1.0, -1.0]))
     env.reset(options={"start": start})
     obs, _, _, _, info = env.step(np.array([1.0, -1.0], np.float32))
-    assert info["cost"] == 1.0 and np.linalg.norm(env.state - corner) == pytest.approx(envs.MAZE_RADIUS)
+    assert info["cost"] == 1.0 and np.linalg.norm(env.state - corner) == pytest.approx(point_envs.MAZE_RADIUS)
 
 
 def _disc_box_distance(p, box):
@@ -311,7 +313,7 @@ def maze_step_cases(draw):
     if draw(st.booleans()):
         x, y = draw(st.floats(-0.28, 0.28)), draw(st.floats(-0.28, 0.28))
     else:
-        x0, x1, y0, y1 = draw(st.sampled_from(envs.maze_walls(w1, w2)))
+        x0, x1, y0, y1 = draw(st.sampled_from(point_envs.maze_walls(w1, w2)))
         x = (x0 + x1) / 2 + draw(near)
         y = float(np.clip(draw(st.sampled_from([y0, y1])) + draw(near), -0.28, 0.28))
     return w1, w2, x, y, draw(full | st.floats(-1, 1)), draw(full | st.floats(-1, 1))
@@ -321,20 +323,20 @@ def maze_step_cases(draw):
 @given(case=maze_step_cases())
 def test_maze_point_cannot_pass_through_a_wall(case):
     w1, w2, x, y, ax, ay = case
-    env = envs.Maze(w=(w1, w2), terminate_on_violation=False)
+    env = point_envs.Maze(w=(w1, w2), terminate_on_violation=False)
     env.reset(options={"start": (x, y)})
     before = env.state.copy()
     obs, _, _, _, info = env.step(np.array([ax, ay], np.float32))
     if env.violates(before):
         assert np.array_equal(env.state, before)                    # touching: stays put
         return
-    target = before + envs.MAZE_STEP * np.array([ax, ay], np.float32).astype(np.float64)
+    target = before + point_envs.MAZE_STEP * np.array([ax, ay], np.float32).astype(np.float64)
     path = before + np.linspace(0, 1, 801)[:, None] * (env.state - before)
     full_path = before + np.linspace(0, 1, 801)[:, None] * (target - before)
     # the disc never overlaps a wall or leaves the arena on the path it took ...
     for box in env.walls:
-        assert _disc_box_distance(path, box).min() >= envs.MAZE_RADIUS - 1e-9
-    assert np.abs(path).max() <= envs.MAZE_HALF - envs.MAZE_RADIUS + 1e-9
+        assert _disc_box_distance(path, box).min() >= point_envs.MAZE_RADIUS - 1e-9
+    assert np.abs(path).max() <= point_envs.MAZE_HALF - point_envs.MAZE_RADIUS + 1e-9
     # ... it moves along the action's line, and stops short only where the disc touched something
     (mx, my), (tx, ty) = env.state - before, target - before
     assert abs(mx * ty - my * tx) <= 1e-12 and mx * tx + my * ty >= 0.0
@@ -342,7 +344,7 @@ def test_maze_point_cannot_pass_through_a_wall(case):
         assert info["cost"] == 1.0
     if info["cost"] == 0.0:
         for box in env.walls:
-            assert _disc_box_distance(full_path, box).min() > envs.MAZE_RADIUS - 1e-9
+            assert _disc_box_distance(full_path, box).min() > point_envs.MAZE_RADIUS - 1e-9
         np.testing.assert_allclose(obs, target, atol=1e-6)
 
 
@@ -364,7 +366,7 @@ def test_maze_expert():
         if term:
             break
     assert info["success"] and info["cost"] == 0.0
-    shifted = envs.Maze(w=(0.02, -0.05))                       # waypoints move with the gaps
+    shifted = point_envs.Maze(w=(0.02, -0.05))                       # waypoints move with the gaps
     first, second = shifted.expert_waypoints()
     assert first.tolist() == pytest.approx([-0.15, -0.125 + 0.1]) and second.tolist() == pytest.approx([0.15, 0.125 - 0.13])
 
@@ -386,7 +388,7 @@ def test_cartpole_physics_constants():
 
 
 def test_cartpole_violation_and_reward():
-    env = envs.CartpoleLength(length=0.6)
+    env = mujoco_envs.CartpoleLength(length=0.6)
     obs, info = env.reset(seed=0)
     assert info["cost"] == 0.0 and np.all(np.abs(obs) <= 0.01)
     for s, bad in [((0, 1.6, 0, 0), True), ((0, -1.6, 0, 0), True), ((2.41, 0, 0, 0), True),
@@ -412,13 +414,13 @@ def _flipped_cheetah(env, rootz):
 
 
 def test_halfcheetah_violation():
-    env = envs.HalfCheetahDisabled()
+    env = mujoco_envs.HalfCheetahDisabled()
     _, info = env.reset(seed=0)
     assert info["cost"] == 0.0 and not env.violates()
     _flipped_cheetah(env, -0.55)                               # head pressed onto the floor
     assert env.violates()
     mujoco.mj_forward(env.model, env.data)
-    assert envs.geoms_touch(env.model, env.data, "head", "floor")
+    assert mujoco_envs.geoms_touch(env.model, env.data, "head", "floor")
     _flipped_cheetah(env, -0.45)                               # head just above: falls onto it
     assert not env.violates()
     for _ in range(10):                                        # 0.01 s steps: a few to land
@@ -426,7 +428,7 @@ def test_halfcheetah_violation():
         if info["cost"]:
             break
     assert info["cost"] == 1.0 and term
-    env = envs.HalfCheetahDisabled(terminate_on_violation=False)
+    env = mujoco_envs.HalfCheetahDisabled(terminate_on_violation=False)
     env.reset(seed=0)
     _flipped_cheetah(env, -0.55)
     _, _, term, _, info = env.step(np.zeros(6))
@@ -434,7 +436,7 @@ def test_halfcheetah_violation():
 
 
 def test_ant_violation():
-    env = envs.AntDisabled()
+    env = mujoco_envs.AntDisabled()
     obs, info = env.reset(seed=0)
     assert obs.shape == (27,) and info["cost"] == 0.0
     q = env.init_qpos.copy()
@@ -458,12 +460,12 @@ def _actuator_joints(model):
 
 
 def test_ant_legs_map_to_the_originals_actuators():
-    model = envs.AntDisabled().model
+    model = mujoco_envs.AntDisabled().model
     names = _actuator_joints(model)
     assert names[:2] == ["hip_4", "ankle_4"]                    # Gymnasium's order = the original's
     expected = {0: (2, 3), 1: (4, 5), 2: (6, 7), 3: (0, 1)}
     for leg, pair in expected.items():
-        assert envs.ant_leg_actuators(model, leg) == pair
+        assert mujoco_envs.ant_leg_actuators(model, leg) == pair
         assert [names[i] for i in pair] == [f"hip_{leg + 1}", f"ankle_{leg + 1}"]
         ant = envs.make_env("ant", {"leg": float(leg)}).unwrapped
         assert [i for i in range(8) if ant.torque_scale[i] == 0.0] == list(pair)
@@ -474,9 +476,9 @@ def test_ant_legs_map_to_the_originals_actuators():
 
 @pytest.mark.parametrize("leg", [0, 1, 2, 3])
 def test_ant_faulty_leg_is_shrunk_on_its_own_model(leg):
-    healthy = envs.AntDisabled()
-    ant = envs.AntDisabled(leg=float(leg))
-    thigh, shin = (geom_id(ant.model, g) for g in envs.ANT_LEGS[leg][2:])
+    healthy = mujoco_envs.AntDisabled()
+    ant = mujoco_envs.AntDisabled(leg=float(leg))
+    thigh, shin = (geom_id(ant.model, g) for g in mujoco_envs.ANT_LEGS[leg][2:])
     for g in (thigh, shin):                                    # radius and half-length halved
         np.testing.assert_allclose(ant.model.geom_size[g, :2], healthy.model.geom_size[g, :2] / 2)
     assert healthy.model.geom_size[thigh, 0] == 0.08
@@ -484,7 +486,7 @@ def test_ant_faulty_leg_is_shrunk_on_its_own_model(leg):
     others = [i for i in range(ant.model.ngeom) if i not in (thigh, shin)]
     np.testing.assert_array_equal(ant.model.geom_size[others], healthy.model.geom_size[others])
     np.testing.assert_array_equal(ant.model.body_mass, healthy.model.body_mass)
-    assert envs.AntDisabled().model.geom_size[thigh, 0] == 0.08          # other instances intact
+    assert mujoco_envs.AntDisabled().model.geom_size[thigh, 0] == 0.08          # other instances intact
     for env in (healthy, ant):                                 # the simulation uses the new geometry
         env.reset(seed=0)
     body = ant.model.geom_bodyid[shin]                         # shin centred where the thigh's is, in its body
@@ -516,12 +518,12 @@ def test_halfcheetah_partial_power_variant():
 
 
 def test_reward_formulas():
-    env = envs.HalfCheetahDisabled()
+    env = mujoco_envs.HalfCheetahDisabled()
     env.reset(seed=0)
     a = np.full(6, 0.5)
     _, r, _, _, info = env.step(a)
     assert r == pytest.approx(info["x_velocity"] - 0.05 * 6 * 0.25)
-    ant = envs.AntDisabled()
+    ant = mujoco_envs.AntDisabled()
     ant.reset(seed=0)
     _, r, _, _, info = ant.step(np.full(8, 0.5))
     assert r == pytest.approx(info["x_velocity"] - 0.005 * 8 * 0.25 + 0.05)
@@ -553,5 +555,5 @@ def test_halfcheetah_builds_without_mujoco_deprecation_output(tmp_path, monkeypa
     envs.make_env("halfcheetah").close()
     assert capfd.readouterr().err == "" and not (tmp_path / "MUJOCO_LOG.TXT").exists()
     assert mujoco.get_mju_user_warning() is None
-    with envs.settotalmass_accepted(), pytest.warns(UserWarning, match="something else"):
+    with mujoco_envs.settotalmass_accepted(), pytest.warns(UserWarning, match="something else"):
         mujoco.get_mju_user_warning()("something else")
