@@ -9,6 +9,7 @@ import pytest
 
 import datasets
 import envs
+import generators
 from datasets import CollectSpec, DatasetError
 
 warnings.filterwarnings("ignore", module="gymnasium")
@@ -19,7 +20,7 @@ TINY_SAC = CollectSpec(n_train=300, n_test=100, n_oracle=50, start_steps=100, up
 
 def nav_data(n=60, seed=0):
     spec = datasets.PRESET_SPECS["smoke"]["navigation1"]
-    return datasets.collect("navigation1", envs.test_task("navigation1"), n, seed, spec, "train")
+    return generators.collect("navigation1", envs.test_task("navigation1"), n, seed, spec, "train")
 
 
 def episode_starts(d):
@@ -30,7 +31,7 @@ def episode_starts(d):
 def test_dims_match_the_envs():
     for name in envs.ENV_NAMES:
         env = envs.make_env(name)
-        assert datasets.DIMS[name] == (env.observation_space.shape[0], env.action_space.shape[0])
+        assert generators.DIMS[name] == (env.observation_space.shape[0], env.action_space.shape[0])
 
 
 @pytest.mark.parametrize("name", ["navigation1", "navigation2", "maze"])
@@ -39,7 +40,7 @@ def test_point_env_rollouts_end_at_the_first_violation(name, kind):
     spec = datasets.PRESET_SPECS["quick"][name]
     task = envs.train_tasks(name)[0] if kind == "train" else envs.test_task(name)
     env = envs.make_env(name, task).unwrapped
-    d = datasets.collect(name, task, 3000, 0, spec, kind)
+    d = generators.collect(name, task, 3000, 0, spec, kind)
     starts, ends = episode_starts(d)
     assert ends[-1] and not np.any(d["terminals"] & d["timeouts"])
     cont = ~ends[:-1]
@@ -66,8 +67,8 @@ def test_navigation1_data_lies_in_the_corridor():
 def test_navigation2_blocks_aim_at_the_obstacle_and_rrl_variant_adds_uniform_starts():
     spec = datasets.PRESET_SPECS["quick"]["navigation2"]
     task = envs.test_task("navigation2")
-    mesa_data = datasets.collect("navigation2", task, 8000, 0, spec, "train")
-    rrl_data = datasets.collect("navigation2", task, 8000, 0, spec, "oracle", variant="rrl")
+    mesa_data = generators.collect("navigation2", task, 8000, 0, spec, "train")
+    rrl_data = generators.collect("navigation2", task, 8000, 0, spec, "oracle", variant="rrl")
     assert 0.06 < mesa_data["costs"].mean() < 0.2                         # paper: 12%
     near = [datasets.near_obstacle_share("navigation2", d["observations"]) for d in (mesa_data, rrl_data)]
     assert near[0] > 0.8 and near[1] < near[0] - 0.2
@@ -78,34 +79,34 @@ def test_navigation2_blocks_aim_at_the_obstacle_and_rrl_variant_adds_uniform_sta
 
 def test_maze_segments_mix_random_and_expert_from_three_bands():
     spec = datasets.PRESET_SPECS["quick"]["maze"]
-    d = datasets.collect("maze", envs.test_task("maze"), 4000, 0, spec, "train")
+    d = generators.collect("maze", envs.test_task("maze"), 4000, 0, spec, "train")
     starts, _ = episode_starts(d)
     x = d["observations"][starts, 0]
-    bands = [np.mean((x > lo) & (x < hi)) for _, (lo, hi) in datasets.MAZE_START_BANDS]
-    assert all(abs(b - p) < 0.1 for b, (p, _) in zip(bands, datasets.MAZE_START_BANDS))
+    bands = [np.mean((x > lo) & (x < hi)) for _, (lo, hi) in generators.MAZE_START_BANDS]
+    assert all(abs(b - p) < 0.1 for b, (p, _) in zip(bands, generators.MAZE_START_BANDS))
 
 
 def test_sac_replay_goes_on_after_a_violation_and_oracle_is_a_sample():
     task = envs.train_tasks("cartpole")[0]
-    s1 = datasets.collect("cartpole", task, 300, 5, TINY_SAC, "train")
-    s2 = datasets.collect("cartpole", task, 300, 5, TINY_SAC, "train")
+    s1 = generators.collect("cartpole", task, 300, 5, TINY_SAC, "train")
+    s2 = generators.collect("cartpole", task, 300, 5, TINY_SAC, "train")
     assert all(np.array_equal(s1[k], s2[k]) for k in datasets.FIELDS)
     _, ends = episode_starts(s1)
     assert ends[-1] and s1["costs"].sum() > 0
     assert np.any((s1["costs"][:-1] == 1) & ~ends[:-1])          # the episode goes on after a violation
     assert datasets.violation_events(s1) < s1["costs"].sum()
-    oracle = datasets.collect("cartpole", envs.test_task("cartpole"), 50, 5, TINY_SAC, "oracle")
+    oracle = generators.collect("cartpole", envs.test_task("cartpole"), 50, 5, TINY_SAC, "oracle")
     assert len(oracle["rewards"]) == 50
     with pytest.raises(ValueError, match="unknown dataset kind"):
-        datasets.collect("cartpole", task, 10, 0, TINY_SAC, "holdout")
+        generators.collect("cartpole", task, 10, 0, TINY_SAC, "holdout")
 
 
 def test_collector_learns_as_if_a_violation_ended_the_episode():
     """The collecting SAC's batch marks violations terminal (no value after a flip); the stored
     dataset keeps its own terminals, and the option off leaves the batch alone."""
     batch = {"cost": torch.tensor([0.0, 1.0, 0.0]), "done": torch.tensor([0.0, 0.0, 1.0])}
-    assert datasets.collector_batch(dict(batch), True)["done"].tolist() == [0.0, 1.0, 1.0]
-    assert datasets.collector_batch(dict(batch), False)["done"].tolist() == [0.0, 0.0, 1.0]
+    assert generators.collector_batch(dict(batch), True)["done"].tolist() == [0.0, 1.0, 1.0]
+    assert generators.collector_batch(dict(batch), False)["done"].tolist() == [0.0, 0.0, 1.0]
     assert datasets.PRESET_SPECS["quick"]["halfcheetah"].violation_ends_value
 
 
