@@ -352,8 +352,9 @@ def test_ctrl_c_ends_with_one_line_and_the_rerun_resumes(tmp_path, data_root):
     datasets.get_datasets("navigation1", "smoke", str(data_root))     # no collection lines in stderr
     experiment.heldout_set("navigation1", "smoke", str(data_root), "default")
     datasets.get_oracle("navigation1", "smoke", str(data_root))
+    # a terminal's default SIGINT, whatever the test process inherited (an ignored one would be kept)
     proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not list(tmp_path.glob("smoke/navigation1/*/seed*/episodes.csv")):
         time.sleep(0.2)
