@@ -140,7 +140,8 @@ def paper_hyperparameters(env: str) -> Hyperparameters:
     ran these experiments (mesa-safe-rl at 1f3bc9d: the RRL / Multi-Task critic reads no target
     network, sac.py:147-159; MAML's targets come from a fresh copy of the meta-parameters,
     run_multitask.py:483). Only MESA's adapted critic lags its target, at 2e-4 from Phase 2 on
-    (meta.adapted_tau_risk, run_multitask.py:636-656). The paper is silent. Recovery RL's own code lags the target (tau 2e-4, RecoveryConfig's default, which the
+    (meta.adapted_tau_risk, run_multitask.py:636-656). The paper is silent. Recovery RL's own code
+    lags the target (tau 2e-4, RecoveryConfig's default, which the
     Recovery RL check keeps): each Bellman backup then takes about 1 / tau = 5000 steps to settle, so
     10K pretraining steps carry a violation only about two steps back, and Q_risk of a state k > 2
     steps from a violation stays near gamma_risk^2 * 0.5 (the sigmoid's start), above Cartpole's
