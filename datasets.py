@@ -268,6 +268,8 @@ class FileJob:
                   "spec": json.loads(json.dumps(spec))}
         if self.source is not None:    # absent otherwise: the files without a source stay valid
             recipe["source"] = self.source.fname
+        if self.env == "maze":         # files from before the maze took the original's action units are stale
+            recipe["action_bound"] = point_envs.MAZE_ACTION_BOUND
         return recipe
 
     def is_cached(self) -> bool:

@@ -106,7 +106,7 @@ def maze_plan(rng: np.random.Generator, env) -> Plan:
     x0, x1 = ranges[rng.choice(len(ranges), p=probabilities)]
     start = np.array([rng.uniform(x0, x1), rng.uniform(-0.22, 0.22)])
     if rng.random() < 0.5:
-        return start, lambda rng: rng.uniform(-1.0, 1.0, 2)
+        return start, lambda rng: rng.uniform(env.action_space.low, env.action_space.high)
     return start, lambda rng: env.expert_action()
 
 

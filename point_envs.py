@@ -36,10 +36,10 @@ class _PointEnv(gymnasium.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, terminate_on_violation: bool = True):
+    def __init__(self, terminate_on_violation: bool = True, action_bound: float = 1.0):
         self.terminate_on_violation = terminate_on_violation
         self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Box(-action_bound, action_bound, (2,), np.float32)
         self.state = np.zeros(2)
 
     def violates(self, xy: np.ndarray) -> bool:
@@ -116,6 +116,7 @@ class Navigation(_PointEnv):
 MAZE_HALF = 0.3                    # arena [-0.3, 0.3]^2 (border planes at +-0.3)
 MAZE_RADIUS = 0.025                # the point is a cylinder of radius 0.025
 MAZE_STEP = 0.02467                # displacement per axis of a full action (measured on the original)
+MAZE_ACTION_BOUND = 0.1            # the original's action bound: a full action is 0.1 per axis
 MAZE_WALL_X = (-0.1, 0.1)          # the two walls' centre lines
 MAZE_WALL_HALF_THICKNESS = 0.005   # boxes 0.01 thick in x
 MAZE_SEGMENT_HALF_LENGTH = 0.2     # each wall segment is 0.4 long in y
@@ -125,12 +126,11 @@ MAZE_START_LOW, MAZE_START_HIGH = np.array([-0.22, -0.22]), np.array([-0.13, 0.2
 MAZE_TEST_W = (-0.08, 0.08)        # the original's (only) layout: the test task
 MAZE_TOUCH_TOLERANCE = 1e-9        # a point stopped at a contact counts as touching
 # The scripted expert: waypoints left of wall 1 and right of wall 2 (the original's, for the
-# test layout; they move with the gaps), its gain in the original's action units, and the x
+# test layout; they move with the gaps), its gain, and the x
 # beyond which it switches to the next waypoint.
 MAZE_EXPERT_WAYPOINTS = ((-0.15, -0.125), (0.15, 0.125))
 MAZE_EXPERT_SWITCH_X = (-0.151, 0.149)
 MAZE_EXPERT_GAIN = 1.05
-MAZE_ACTION_SCALE = 0.1            # the original's action bound: our a = 1 is its 0.1
 
 
 def maze_wall_segments(w1: float, w2: float) -> tuple[tuple[float, float], ...]:
@@ -221,7 +221,7 @@ class Maze(_PointEnv):
     """
 
     def __init__(self, w=(0.0, 0.0), terminate_on_violation: bool = True):
-        super().__init__(terminate_on_violation)
+        super().__init__(terminate_on_violation, MAZE_ACTION_BOUND)
         self.w = np.array(w, dtype=np.float64).reshape(2)
         self.walls = maze_walls(*self.w)
 
@@ -247,7 +247,8 @@ class Maze(_PointEnv):
         """Where one step of `action` takes the point (it stays put if already touching)."""
         if self.violates(self.state):
             return self.state
-        target = self.state + MAZE_STEP * np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        bound = MAZE_ACTION_BOUND
+        target = self.state + MAZE_STEP * np.clip(np.asarray(action, dtype=np.float64), -bound, bound) / bound
         t = first_contact(self.state, target, self.walls)
         return target if t is None else self.state + t * (target - self.state)
 
@@ -270,7 +271,7 @@ class Maze(_PointEnv):
     def expert_action(self) -> np.ndarray:
         """The original's scripted expert: head for a point left of the first wall's gap, then
         for one right of the second wall's gap, then for the goal; a proportional controller
-        (gain 1.05 in the original's units) clipped to the action bounds."""
+        (gain 1.05) clipped to the action bounds."""
         before_wall1, after_wall2 = self.expert_waypoints()
         x = self.state[0]
         if x <= MAZE_EXPERT_SWITCH_X[0]:
@@ -279,5 +280,5 @@ class Maze(_PointEnv):
             target = after_wall2
         else:
             target = MAZE_GOAL
-        action = MAZE_EXPERT_GAIN * (target - self.state) / MAZE_ACTION_SCALE
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        action = MAZE_EXPERT_GAIN * (target - self.state)
+        return np.clip(action, -MAZE_ACTION_BOUND, MAZE_ACTION_BOUND).astype(np.float32)

@@ -52,7 +52,8 @@ EPS_SEEDS = 3
 LONG_EPISODES = {"navigation1": presets.PAPER_EPISODES["navigation1"], "halfcheetah": 100}
 LONG_SEEDS = 3
 RAW_SEEDS = 3
-HEATMAP_ACTIONS = torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)], dtype=torch.float32)
+HEATMAP_ACTIONS = point_envs.MAZE_ACTION_BOUND * torch.tensor([[x, y] for x in (-1, 0, 1) for y in (-1, 0, 1)],
+                                                            dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -95,7 +96,7 @@ def parallel(function, jobs: list, workers: int) -> list:
 # ----------------------------------------------------------------------------- Figure 2
 
 def heatmap(safety: Safety, scale, n: int = 61) -> np.ndarray:
-    """Q_risk over an n x n grid of the maze, averaged over the nine actions {-1, 0, 1}^2.  # (n, n)"""
+    """Q_risk over an n x n grid of the maze, averaged over the nine actions {-0.1, 0, 0.1}^2.  # (n, n)"""
     xs = np.linspace(-point_envs.MAZE_HALF, point_envs.MAZE_HALF, n, dtype=np.float32)
     grid = np.stack(np.meshgrid(xs, xs), -1).reshape(-1, 2)           # row i: y = xs[i]
     obs = torch.from_numpy(scale({"observations": grid, "next_observations": grid})["observations"])

@@ -10,6 +10,7 @@ import pytest
 import datasets
 import envs
 import generators
+import point_envs
 from datasets import CollectSpec, DatasetError
 
 warnings.filterwarnings("ignore", module="gymnasium")
@@ -84,6 +85,8 @@ def test_maze_segments_mix_random_and_expert_from_three_bands():
     x = d["observations"][starts, 0]
     bands = [np.mean((x > lo) & (x < hi)) for _, (lo, hi) in generators.MAZE_START_BANDS]
     assert all(abs(b - p) < 0.1 for b, (p, _) in zip(bands, generators.MAZE_START_BANDS))
+    largest = np.abs(d["actions"]).max()                  # the original's action units: |a| <= 0.1
+    assert 0.09 < largest <= np.float32(point_envs.MAZE_ACTION_BOUND)
 
 
 def test_sac_replay_goes_on_after_a_violation_and_oracle_is_a_sample():

@@ -228,9 +228,11 @@ def test_navigation_goal_radius_option():
 # ----------------------------------------------------------------------------- maze
 def test_maze_step_size_and_reward():
     env = point_envs.Maze(w=(-0.08, 0.08))
-    for a in [(1.0, 1.0), (-1.0, 1.0), (0.5, -0.25), (3.0, -7.0)]:
+    assert env.action_space.low.tolist() == [pytest.approx(-0.1)] * 2           # the original's bounds
+    assert env.action_space.high.tolist() == [pytest.approx(0.1)] * 2
+    for a in [(1.0, 1.0), (-1.0, 1.0), (0.5, -0.25), (3.0, -7.0)]:             # in units of the bound
         env.reset(options={"start": (0.0, 0.0)})
-        obs, r, term, _, info = env.step(np.array(a, np.float32))
+        obs, r, term, _, info = env.step(0.1 * np.array(a, np.float32))
         # measured on the original: 0.0247 per axis at full action, linear in the action
         np.testing.assert_allclose(obs, 0.0247 * np.clip(a, -1, 1), atol=2e-4 * np.abs(np.clip(a, -1, 1)).max())
         goal_rms = np.sqrt(np.mean((np.array([0.25, 0.0]) - env.state) ** 2))
@@ -266,7 +268,7 @@ def test_maze_walls_border_and_thickness():
 def test_maze_goal_ends_the_episode_with_success():
     env = envs.make_env("maze")
     env.reset(seed=0, options={"start": (0.15, 0.0)})
-    _, r, term, _, info = env.step(np.array([1.0, 0.0], np.float32))
+    _, r, term, _, info = env.step(np.array([0.1, 0.0], np.float32))
     assert not term and not info["success"]                   # 0.075 away
     env.reset(seed=0, options={"start": (0.2, 0.01)})
     _, r, term, _, info = env.step(np.array([1.0, -1.0], np.float32))
@@ -281,17 +283,17 @@ def test_maze_full_speed_stops_at_the_wall_face():
     for x in np.linspace(-0.16, -0.1301, 13):
         env.reset(options={"start": (x, -0.2)})
         while True:
-            obs, _, _, _, info = env.step(np.array([1.0, 0.0], np.float32))
+            obs, _, _, _, info = env.step(np.array([0.1, 0.0], np.float32))
             if info["cost"]:
                 break
         assert obs[0] == pytest.approx(-0.13, abs=1e-7) and obs[1] == pytest.approx(-0.2)
-        assert np.array_equal(env.step(np.array([-1.0, 0.0], np.float32))[0], obs)   # stays put
+        assert np.array_equal(env.step(np.array([-0.1, 0.0], np.float32))[0], obs)   # stays put
     # a full-speed diagonal whose end points are both clear but whose path clips wall 1's corner
     corner, radial, along = np.array([-0.095, -0.13]), np.array([1.0, 1.0]) / np.sqrt(2), np.array([1.0, -1.0]) / np.sqrt(2)
     start = corner + 0.024 * radial - 0.0174 * along
     assert not env.violates(start) and not env.violates(start + point_envs.MAZE_STEP * np.array([1.0, -1.0]))
     env.reset(options={"start": start})
-    obs, _, _, _, info = env.step(np.array([1.0, -1.0], np.float32))
+    obs, _, _, _, info = env.step(np.array([0.1, -0.1], np.float32))
     assert info["cost"] == 1.0 and np.linalg.norm(env.state - corner) == pytest.approx(point_envs.MAZE_RADIUS)
 
 
@@ -326,11 +328,13 @@ def test_maze_point_cannot_pass_through_a_wall(case):
     env = point_envs.Maze(w=(w1, w2), terminate_on_violation=False)
     env.reset(options={"start": (x, y)})
     before = env.state.copy()
-    obs, _, _, _, info = env.step(np.array([ax, ay], np.float32))
+    bound = point_envs.MAZE_ACTION_BOUND
+    action = (bound * np.array([ax, ay])).astype(np.float32)
+    obs, _, _, _, info = env.step(action)
     if env.violates(before):
         assert np.array_equal(env.state, before)                    # touching: stays put
         return
-    target = before + point_envs.MAZE_STEP * np.array([ax, ay], np.float32).astype(np.float64)
+    target = before + point_envs.MAZE_STEP * np.clip(action.astype(np.float64), -bound, bound) / bound
     path = before + np.linspace(0, 1, 801)[:, None] * (env.state - before)
     full_path = before + np.linspace(0, 1, 801)[:, None] * (target - before)
     # the disc never overlaps a wall or leaves the arena on the path it took ...
@@ -353,15 +357,15 @@ def test_maze_expert():
     first, second = env.expert_waypoints()
     assert first.tolist() == pytest.approx([-0.15, -0.125]) and second.tolist() == pytest.approx([0.15, 0.125])
     env.reset(options={"start": (-0.2, 0.0)})
-    np.testing.assert_allclose(env.expert_action(), [0.525, -1.0], atol=1e-6)   # 1.05 (wp - s) / 0.1
+    np.testing.assert_allclose(env.expert_action(), [0.0525, -0.1], atol=1e-6)  # 1.05 (wp - s), clipped
     env.reset(options={"start": (-0.15, -0.1)})                # past x = -0.151: the second waypoint
-    np.testing.assert_allclose(env.expert_action(), [1.0, 1.0])
+    np.testing.assert_allclose(env.expert_action(), [0.1, 0.1])
     env.reset(options={"start": (0.2, 0.05)})                  # past x = 0.149: the goal
-    np.testing.assert_allclose(env.expert_action(), [0.525, -0.525], atol=1e-6)
+    np.testing.assert_allclose(env.expert_action(), [0.0525, -0.0525], atol=1e-6)
     env.reset(options={"start": (-0.2, 0.0)})
     for _ in range(100):
         a = env.expert_action()
-        assert a.dtype == np.float32 and np.all(np.abs(a) <= 1.0)
+        assert a.dtype == np.float32 and np.all(np.abs(a) <= np.float32(0.1))
         _, _, term, _, info = env.step(a)
         if term:
             break
