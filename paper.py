@@ -191,7 +191,8 @@ def comparison_seeds(preset: str) -> int:
 def comparison(out: str, preset: str, workers: int, data_root: str = "data", env_names=envs.ENV_NAMES,
                n_seeds: int | None = None) -> str:
     """Every method on each environment, n_seeds seeds (default comparison_seeds), seed by seed;
-    writes <out>/<env>/summary.{md,json} and the figures; returns one table over the environments."""
+    writes <out>/<env>/summary.{md,json} and the figures; returns one table over every environment
+    summarised under `out`, so a run on some environments keeps the others' rows."""
     seeds = range(n_seeds or comparison_seeds(preset))
     jobs = [job(env, m, s, out, preset, data_root) for env in env_names for s in seeds for m in mesa.METHODS]
     for env in env_names:
@@ -202,7 +203,7 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
         report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds, envs.HAS_SUCCESS[env], preset)
         if env in evaluate.POINT_ENVS:
             draw_paths(os.path.join(out, env), seeds)
-    return comparison_table(out, env_names)
+    return comparison_table(out, envs.ENV_NAMES)
 
 
 def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:

@@ -124,7 +124,12 @@ def test_rrl_check_writes_summary_json_shaped_for_readers(tmp_path):
 
 
 def test_comparison_writes_summary_json_table_and_paths(tmp_path):
+    earlier = tmp_path / "r" / "maze"                    # an environment summarised by an earlier call
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text(json.dumps(
+        {"env": "maze", "preset": "smoke", "methods": {"mesa": {"seeds": 3, "episodes": 2, "critic_auroc": {}}}}))
     table = paper.comparison(str(tmp_path / "r"), "smoke", 1, str(tmp_path / "data"), env_names=("navigation1",))
+    assert table.count("| maze | MESA | 3 |") == 1          # the table keeps its row
     summary = json.load(open(tmp_path / "r" / "navigation1" / "summary.json"))
     assert summary["env"] == "navigation1" and summary["preset"] == "smoke"
     assert set(summary["methods"]) == set(paper.mesa.METHODS)
