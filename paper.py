@@ -79,8 +79,8 @@ def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> s
     folder = os.path.join(out, "rrl_check")
     jobs = rrl_check_jobs(folder, preset, data_root)
     for env in RRL_CHECK_EPISODES:
-        prepare(env, jobs[0].preset, data_root)
-        datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
+        prepare(env, every_check[0].preset, data_root)
+        datasets.get_oracle(env, every_check[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
                             variant="rrl" if env == "navigation2" else "mesa")
     run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     return rrl_check_summary(folder, jobs)
@@ -115,17 +115,20 @@ def rrl_check_table(summary: dict) -> str:
                                "Command: python3 paper.py --only rrl_check")
 
 
-def rrl_baselines(out: str, preset: str, workers: int, data_root: str = "data", seeds: int = RRL_CHECK_SEEDS) -> str:
+def rrl_baselines(out: str, preset: str, workers: int, data_root: str = "data", seeds: int = RRL_CHECK_SEEDS,
+                  env_names=tuple(RRL_CHECK_EPISODES)) -> str:
     """Recovery RL's comparisons LR, SQRL, RSPO, RP, RCPO in the check's setting (its data, gamma_risk,
     eps_risk, episodes), beside the check's RRL and Unconstrained runs, which it reuses or runs;
-    writes rrl_baselines/summary.{md,json} and the successes / violations figure."""
-    check = rrl_check_jobs(os.path.join(out, "rrl_check"), preset, data_root, seeds)
+    writes rrl_baselines/summary.{md,json} and the successes / violations figure. Runs the
+    environments in env_names; the summary covers every environment with finished runs."""
+    every_check = rrl_check_jobs(os.path.join(out, "rrl_check"), preset, data_root, seeds)
+    check = [j for j in every_check if j.env in env_names]
     folder = os.path.join(out, "rrl_baselines")
     jobs = [dataclasses.replace(j, out=folder, method=m) for j in check if j.method == "unconstrained"
             for m in baselines.BASELINES]
-    for env in RRL_CHECK_EPISODES:
-        prepare(env, check[0].preset, data_root)
-        datasets.get_oracle(env, check[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
+    for env in env_names:
+        prepare(env, every_check[0].preset, data_root)
+        datasets.get_oracle(env, every_check[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
                             variant="rrl" if env == "navigation2" else "mesa")
     run.run_jobs([j for j in check + jobs if not experiment.finished(j)], workers, 1)
     summary, by_env, seed_list = {}, {}, range(seeds)
@@ -245,14 +248,17 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--env", nargs="+", choices=envs.ENV_NAMES, default=list(envs.ENV_NAMES),
-                        help="the comparison's environments (default: all six)")
+                        help="the environments to run in comparison, rrl_baselines and mesa_variants "
+                             "(each runs those it covers; default: all six)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="the comparison's seeds 0..N-1 (default: 3 for quick, 5 for paper)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    parts = {"rrl_check": rrl_check, "rrl_baselines": rrl_baselines,
+    parts = {"rrl_check": rrl_check,
              "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds),
-             "mesa_variants": studies.mesa_variants, "figure2": studies.figure2, "figure6": studies.figure6,
+             "rrl_baselines": lambda *a: rrl_baselines(*a, env_names=[e for e in RRL_CHECK_EPISODES if e in args.env]),
+             "mesa_variants": lambda *a: studies.mesa_variants(
+                 *a, env_names=[e for e in studies.MESA_VARIANT_ENVS if e in args.env]), "figure2": studies.figure2, "figure6": studies.figure6,
              "outer_lr": studies.outer_lr, "eps_risk": studies.eps_risk, "long": studies.long_phase3,
              "raw_inputs": studies.raw_inputs}
     for name in args.only:

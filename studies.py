@@ -339,18 +339,21 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
     """MESA as the paper describes it vs. as its authors' code ran it (run.py --mesa-variant
     authors), beside Multi-Task, same seeds and budget: critic AUROC after Phases 1 and 2 (held-out)
     and on the states Phase 3 visited, Phase-3 violations and return (docs/mesa_variants.md).
+    Runs the environments in env_names; the summary covers every environment of the study with
+    finished runs, so a call on some of them keeps the others' rows.
     Writes <out>/mesa_variants/summary.{md,json}."""
     jobs = {}
-    for env in env_names:
-        prepare(env, preset, data_root)
+    for env in MESA_VARIANT_ENVS:
         for s in range(seeds):
             for row, method, variant in MESA_VARIANT_ROWS:
                 j = mesa_variant_job(env, method, variant, s, out, preset, data_root)
                 if j is not None:
                     jobs[(env, row, s)] = j
-    run.run_jobs([j for j in jobs.values() if not experiment.finished(j)], workers, 1)
-    summary = {env: {} for env in env_names}
     for env in env_names:
+        prepare(env, preset, data_root)
+    run.run_jobs([j for (env, _, _), j in jobs.items() if env in env_names and not experiment.finished(j)], workers, 1)
+    summary = {env: {} for env in MESA_VARIANT_ENVS}
+    for env in MESA_VARIANT_ENVS:
         for row, method, _ in MESA_VARIANT_ROWS:
             folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row]
             runs, metrics = report.load_folders(folders)

@@ -141,6 +141,9 @@ def test_comparison_writes_summary_json_table_and_paths(tmp_path):
 
 
 def test_rrl_baselines_runs_the_five_beside_rrl_and_writes_the_ratio(tmp_path):
+    paper.rrl_baselines(str(tmp_path), "smoke", 1, str(tmp_path / "data"), seeds=1, env_names=("maze",))
+    first = json.load(open(tmp_path / "rrl_baselines" / "summary.json"))
+    assert len(first["maze"]) == 7 and not first["navigation1"] and not first["navigation2"]   # maze alone
     table = paper.rrl_baselines(str(tmp_path), "smoke", 1, str(tmp_path / "data"), seeds=1)
     summary = json.load(open(tmp_path / "rrl_baselines" / "summary.json"))
     for env in paper.RRL_CHECK_EPISODES:
@@ -173,3 +176,5 @@ def test_mesa_variants_runs_the_authors_variant_beside_the_comparisons_runs(tmp_
         for s in rows.values():
             assert s["seeds"] == 1 and "heldout_after_phase1" in s["critic_auroc"]
     assert table.count("| halfcheetah |") == 4 and "MESA (authors' variant)" in table
+    again = studies.mesa_variants(out, "smoke", 1, data, env_names=("navigation1",), seeds=1)
+    assert again.count("| halfcheetah |") == 4                      # a call on one env keeps the others
