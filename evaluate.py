@@ -89,6 +89,25 @@ class SavedAgent:
             actions, _ = self.agent.actor(obs_t, True, with_log_prob=False)
             return self.safety.q_risk(obs_t, actions).reshape(len(ys), len(xs)).numpy()
 
+    def risk_at(self, xy, n: int = 5) -> dict:
+        """At one point-environment position: Q_risk of the task policy's mean action, of pi_rec's
+        action, and the least and most risky actions of an n x n grid over the action box.
+        Separates a critic that ranks actions wrongly from a recovery policy that misses its minimum."""
+        raw = np.asarray(xy, dtype=np.float64)
+        obs = self.env.observation(raw) if self.env is not self.raw_env else raw
+        obs_t = torch.from_numpy(np.asarray(obs, dtype=np.float32)[None])
+        low, high = self.raw_env.action_space.low, self.raw_env.action_space.high
+        axes = [np.linspace(lo, hi, n, dtype=np.float32) for lo, hi in zip(low, high)]
+        grid = torch.from_numpy(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(low)))
+        with torch.no_grad():
+            a_task, _ = self.agent.actor(obs_t, True, with_log_prob=False)
+            a_rec = self.safety.pi_rec(obs_t)
+            q_grid = self.safety.q_risk(obs_t.expand(len(grid), -1), grid)
+            q_task, q_rec = self.safety.q_risk(obs_t, a_task), self.safety.q_risk(obs_t, a_rec)
+        best, worst = int(q_grid.argmin()), int(q_grid.argmax())
+        return {"task": (a_task[0].numpy(), float(q_task[0])), "pi_rec": (a_rec[0].numpy(), float(q_rec[0])),
+                "grid_min": (grid[best].numpy(), float(q_grid[best])), "grid_max": (grid[worst].numpy(), float(q_grid[worst]))}
+
 
 def tuple_fields(config: dict) -> dict:
     """A config dataclass's fields from config.json (JSON turned its tuples into lists)."""
@@ -188,6 +207,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=10_000, help="first episode's reset seed")
     parser.add_argument("--picture", default=None, help="PNG of the paths (Navigation 1, 2, Maze)")
     parser.add_argument("--video", default=None, help="GIF of the first filtered episode (Cartpole, HalfCheetah, Ant)")
+    parser.add_argument("--risk-at", nargs=2, type=float, metavar=("X", "Y"), default=None,
+                        help="print Q_risk at this position for the task policy's action, pi_rec's, and the "
+                             "least and most risky of a 5 x 5 action grid (point environments), then stop")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
@@ -198,9 +220,17 @@ def main(argv=None) -> None:
             parser.error(f"--picture draws the point environments; {saved.env_name} has --video")
         if args.video and saved.env_name in POINT_ENVS:
             parser.error(f"--video films the MuJoCo environments; {saved.env_name} has --picture")
+        if args.risk_at and (saved.env_name not in POINT_ENVS or saved.safety is None):
+            parser.error(f"--risk-at needs a point environment's run with a critic, not {saved.env_name} "
+                         f"{saved.config['method']}")
         renderer, frames = (make_renderer(saved), []) if args.video else (None, None)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if args.risk_at:
+        print(f"Q_risk at {tuple(args.risk_at)}:")
+        for name, (action, q) in saved.risk_at(args.risk_at).items():
+            print(f"  {name:8s} action {np.array2string(action, precision=3)}  Q_risk {q:.3f}")
+        return
     modes = {"filter on": True, "filter off": False} if saved.safety is not None else {"task policy": False}
     results = {mode: run_episodes(saved, args.episodes, on, args.seed, frames if on or len(modes) == 1 else None,
                                   renderer if (on or len(modes) == 1) else None)

@@ -40,14 +40,29 @@ def test_filter_off_never_lets_pi_rec_act(runs):
     assert evaluate.run_episodes(saved, 1, True, 0)["recovery_fraction"] > 0.9
 
 
+def test_risk_at_finds_the_grid_action_of_least_risk(runs, capsys):
+    saved = evaluate.SavedAgent(str(runs / "navigation1" / "mesa" / "seed0"))
+    saved.safety.q_risk = lambda obs, act: 0.5 + act[:, 1] - 0.1 * act[:, 0]   # least risk at a = (1, -1)
+    r = saved.risk_at((-20.0, 3.0))
+    assert r["grid_min"][0].tolist() == [1.0, -1.0] and r["grid_min"][1] == pytest.approx(-0.6)
+    assert r["grid_max"][0].tolist() == [-1.0, 1.0] and r["grid_max"][1] == pytest.approx(1.6)
+    a_rec, q_rec = r["pi_rec"]
+    assert q_rec == pytest.approx(0.5 + a_rec[1] - 0.1 * a_rec[0], abs=1e-6)
+    evaluate.main([str(runs / "navigation1" / "mesa" / "seed0"), "--risk-at", "-20", "3"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("task", "pi_rec", "grid_min", "grid_max")) and "return" not in out
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["{uncon}", "--risk-at", "0", "0"], "--risk-at needs a point environment's run with a critic"),
     (["nowhere"], "config.json not found"),
     (["{nav}", "--video", "x.gif"], "--video films the MuJoCo environments"),
     (["{nav}", "--episodes", "0"], "--episodes must be >= 1"),
 ])
 def test_bad_input_is_one_line(runs, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main([a.format(nav=runs / "navigation1" / "mesa" / "seed0") for a in argv])
+        evaluate.main([a.format(nav=runs / "navigation1" / "mesa" / "seed0",
+                                uncon=runs / "navigation1" / "unconstrained" / "seed0") for a in argv])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
