@@ -157,6 +157,7 @@ def plot_heatmaps(path: str, by_method: dict) -> None:
             if row == col == 0:
                 ax.legend(loc="lower left", fontsize=7, framealpha=0.5)
     fig.colorbar(image, ax=axes, shrink=0.8, label="Q_risk, mean over 9 actions")
+    fig.suptitle("Q_risk over the test maze after adaptation on D_test (seed 0; white: walls)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -176,6 +177,9 @@ def plot_adaptation(path: str, by_method: dict) -> str:
     for ax, label in zip(axes, ("held-out AUROC", "held-out loss")):
         ax.set_xscale("symlog", linthresh=1), ax.set_xlabel("adaptation steps on D_test"), ax.set_ylabel(label)
         ax.legend()
+    seeds = min(len(runs) for runs in by_method.values())
+    fig.suptitle(f"Maze: the critic on a held-out set of the test maze during adaptation "
+                 f"(mean ± s.e. over {seeds} seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
