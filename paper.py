@@ -79,8 +79,8 @@ def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> s
     folder = os.path.join(out, "rrl_check")
     jobs = rrl_check_jobs(folder, preset, data_root)
     for env in RRL_CHECK_EPISODES:
-        prepare(env, every_check[0].preset, data_root)
-        datasets.get_oracle(env, every_check[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
+        prepare(env, jobs[0].preset, data_root)
+        datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
                             variant="rrl" if env == "navigation2" else "mesa")
     run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
     return rrl_check_summary(folder, jobs)
