@@ -2,6 +2,7 @@
 
     python paper.py                       # all parts, quick preset, 2 workers (docs/results.md gives the times)
     python paper.py --only figure2        # one or more parts: comparison figure2 figure6 outer_lr
+    python paper.py --only comparison --env maze   # some environments (comparison, rrl_baselines, mesa_variants)
 
 Parts (docs/results.md):
   rrl_check   Recovery RL in its own paper's setting, before any comparison is believed: RRL
