@@ -52,9 +52,7 @@ def _point_specs(n_train, tests, oracles):
 
 
 # Point envs: the paper's sizes in every preset but smoke; RRL-oracle 20K navigation, 10K maze
-# (Recovery RL's num_unsafe_transitions). SAC replay: docs/datasets.md gives the measured times;
-# quick's HalfCheetah and Ant training sets are the first 200K of the paper's 400K (the collector
-# has stopped violating by then), and their test-task replay keeps the paper's 400K.
+# (Recovery RL's num_unsafe_transitions). SAC replay: docs/datasets.md gives the measured times.
 PRESET_SPECS = {
     "smoke": {**_point_specs(200, (100, 200, 200), (400, 400, 400)),
               "cartpole": CollectSpec(400, 200, 100, 0, 100, 0.25, (16, 16), 16),
@@ -62,8 +60,8 @@ PRESET_SPECS = {
               "ant": CollectSpec(1000, 1000, 100, 0, 200, 0.0, (16, 16), 16)},
     "quick": {**_point_specs(10_000, (100, 200, 200), (20_000, 20_000, 10_000)),
               "cartpole": CollectSpec(20_000, 1_000, 10_000, 0, 100, 1.0, (64, 64), 64),
-              "halfcheetah": CollectSpec(200_000, 40_000, 10_000, 0, 10_000, 0.5, (128, 128), 128, n_replay=400_000),
-              "ant": CollectSpec(200_000, 40_000, 10_000, 0, 10_000, 0.5, (128, 128), 128, n_replay=400_000)},
+              "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.5, (128, 128), 128),
+              "ant": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 0.5, (128, 128), 128)},
     "paper": {**_point_specs(10_000, (100, 200, 200), (20_000, 20_000, 10_000)),
               "cartpole": CollectSpec(20_000, 1_000, 10_000, 0, 100, 1.0),
               "halfcheetah": CollectSpec(400_000, 40_000, 10_000, 0, 10_000, 1.0),
@@ -265,8 +263,6 @@ class FileJob:
         spec = asdict(self.spec)
         if self.spec.rollout_len:      # the point generators never read it: their files stay valid
             del spec["violation_ends_value"]
-        if not self.spec.n_replay:     # absent at its default: files from before it existed stay valid
-            del spec["n_replay"]
         recipe = {"seed": self.seed, "task": {k: list(np.atleast_1d(v)) for k, v in self.task.items()},
                   "transitions": self.n, "kind": self.kind, "variant": self.variant,
                   "spec": json.loads(json.dumps(spec))}
@@ -323,7 +319,7 @@ def load_or_collect(jobs: list[FileJob], preset: str, progress: bool = False, wo
     missing = [j for j in jobs if not j.is_cached()]
     collected = {j.path: j for j in missing if j.source is None}
     collected.update({j.source.path: j.source for j in missing if j.source is not None and not j.source.is_cached()})
-    collected = sorted(collected.values(), key=lambda j: -j.n)   # longest first: the pool finishes sooner
+    collected = list(collected.values())
     if workers > 1 and len(collected) > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(collected)), mp_context=context) as pool:
@@ -365,7 +361,7 @@ def test_replay_job(env: str, preset: str, root: str = "data", test_variant: str
         return None
     spec, folder = _spec_folder(env, preset, root)
     return FileJob(folder, f"replay_{test_variant}.npz", env, envs.test_task(env, test_variant),
-                   1000 * seed + 997, spec.replay_length, spec, "replay")
+                   1000 * seed + 997, spec.n_train, spec, "replay")
 
 
 test_replay_job.__test__ = False                  # not a pytest test, even when imported into one

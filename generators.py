@@ -53,12 +53,6 @@ class CollectSpec:
     sac_hidden: tuple[int, ...] = (256, 256)  # SAC replay: the collecting SAC's hidden widths
     sac_batch: int = 256          # SAC replay: the collecting SAC's batch size
     violation_ends_value: bool = True  # SAC replay: the collector learns as if a violation ended the episode
-    n_replay: int = 0             # SAC replay in the test task (D_test's source): its length (0: n_train)
-
-    @property
-    def replay_length(self) -> int:
-        """Transitions of the test task's SAC replay that D_test, the held-out set and the oracle's data come from."""
-        return self.n_replay or self.n_train
 
 
 # ----------------------------------------------------------------------------- point-env generators
@@ -250,7 +244,7 @@ def collect(name: str, task: dict, n: int, seed: int, spec: CollectSpec, kind: s
         if kind == "test":
             return random_episodes(name, task, n, seed)
         if kind == "oracle":
-            return subsample(sac_replay(name, task, max(n, spec.replay_length), seed, spec, progress), n, seed)
+            return subsample(sac_replay(name, task, max(n, spec.n_train), seed, spec, progress), n, seed)
         return sac_replay(name, task, n, seed, spec, progress)     # "train" and "replay"
     finally:
         torch.set_num_threads(threads)

@@ -1,5 +1,4 @@
 """Tests of datasets.py: collection rules, determinism, the file format, validation and caching."""
-import dataclasses
 import json
 import os
 import warnings
@@ -288,19 +287,3 @@ def test_sac_replay_envs_draw_d_test_heldout_and_oracle_from_the_test_tasks_repl
     _, test_again = datasets.get_datasets("cartpole", "smoke", root=root)
     assert set(_rows(test_again)) <= set(_rows(changed))
     assert not set(_rows(datasets.get_heldout("cartpole", "smoke", root, "default", 200, 998))) & set(_rows(heldout))
-
-
-def test_the_test_tasks_replay_can_be_longer_than_a_training_set(tmp_path, monkeypatch):
-    """n_replay sets the replay's length alone (quick's HalfCheetah / Ant: 200K training sets, the
-    paper's 400K replay); at its default the recipe omits it, so older caches stay valid."""
-    smoke = dict(datasets.PRESET_SPECS["smoke"])
-    default_recipe = datasets.test_replay_job("cartpole", "smoke", str(tmp_path)).recipe()
-    assert "n_replay" not in default_recipe["spec"] and default_recipe["transitions"] == smoke["cartpole"].n_train
-    monkeypatch.setitem(datasets.PRESET_SPECS, "smoke",
-                        {**smoke, "cartpole": dataclasses.replace(smoke["cartpole"], n_replay=600)})
-    train, test = datasets.get_datasets("cartpole", "smoke", root=str(tmp_path))
-    replay = datasets.load_dataset(datasets.test_replay_job("cartpole", "smoke", str(tmp_path)).path)
-    assert len(replay["rewards"]) == 600 and all(len(d["rewards"]) == 400 for d in train)
-    assert set(_rows(test)) <= set(_rows(replay))
-    quick = datasets.PRESET_SPECS["quick"]["halfcheetah"]
-    assert (quick.n_train, quick.replay_length) == (200_000, datasets.PRESET_SPECS["paper"]["halfcheetah"].n_train)
