@@ -319,7 +319,7 @@ def load_or_collect(jobs: list[FileJob], preset: str, progress: bool = False, wo
     missing = [j for j in jobs if not j.is_cached()]
     collected = {j.path: j for j in missing if j.source is None}
     collected.update({j.source.path: j.source for j in missing if j.source is not None and not j.source.is_cached()})
-    collected = list(collected.values())
+    collected = sorted(collected.values(), key=lambda j: -j.n)   # longest first: the pool finishes sooner
     if workers > 1 and len(collected) > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(collected)), mp_context=context) as pool:
