@@ -14,6 +14,7 @@ osmesa) and says so in one line where there is none.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -26,9 +27,11 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import datasets  # noqa: E402
 import envs  # noqa: E402
 import experiment  # noqa: E402
 import point_envs  # noqa: E402
+import report  # noqa: E402
 from recovery_rl import RecoveryConfig, Safety  # noqa: E402
 from sac import SAC, OneLineParser, SACConfig  # noqa: E402
 
@@ -44,6 +47,7 @@ class SavedAgent:
         for path in paths:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run's folder?")
+        self.run_dir = run_dir
         self.config = config = json.load(open(paths[0]))
         state = torch.load(paths[1], weights_only=True)
         hp = config["hyperparameters"]
@@ -107,6 +111,41 @@ class SavedAgent:
         best, worst = int(q_grid.argmin()), int(q_grid.argmax())
         return {"task": (a_task[0].numpy(), float(q_task[0])), "pi_rec": (a_rec[0].numpy(), float(q_rec[0])),
                 "grid_min": (grid[best].numpy(), float(q_grid[best])), "grid_max": (grid[worst].numpy(), float(q_grid[worst]))}
+
+    def critic_levels(self, data: dict, safety: Safety | None = None) -> dict:
+        """Where Q_risk sits against eps_risk on a dataset in collection order (D_test): its median
+        at the safe transitions (no violation within round(1 / (1 - gamma_risk)) steps), and the
+        shares above eps_risk of the safe ones, of the others, and of pi_rec's action at the safe
+        states. A critic can rank states well (AUROC) and still make the filter fire everywhere."""
+        safety = safety or self.safety
+        obs = np.stack([self.env.observation(o) for o in data["observations"]]) if self.env is not self.raw_env \
+            else data["observations"]
+        obs_t, act_t = torch.from_numpy(np.asarray(obs, np.float32)), torch.from_numpy(np.asarray(data["actions"], np.float32))
+        horizon = round(1.0 / (1.0 - safety.cfg.gamma_risk))
+        unsafe = report.danger_labels(data["costs"], data["terminals"], data["timeouts"], horizon)
+        with torch.no_grad():
+            q, q_rec = safety.q_risk(obs_t, act_t).numpy().ravel(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
+        eps = safety.cfg.eps_risk
+        return {"eps_risk": eps, "median_safe": float(np.median(q[~unsafe])), "safe_above": float((q[~unsafe] > eps).mean()),
+                "unsafe_above": float((q[unsafe] > eps).mean()), "pi_rec_safe_above": float((q_rec[~unsafe] > eps).mean())}
+
+    def phase2_safety(self) -> Safety | None:
+        """The critic and pi_rec Phase 3 started from (phase2.pt), or None where the run has none."""
+        path = os.path.join(self.run_dir, "phase2.pt")
+        if self.safety is None or not os.path.exists(path):
+            return None
+        safety = copy.deepcopy(self.safety)
+        safety.load_state_dict(torch.load(path, weights_only=True)["safety"])
+        return safety
+
+    def d_test(self) -> dict:
+        """The run's D_test, from its data folder; an error naming the folder if it is not there."""
+        c = self.config
+        job = datasets.file_jobs(c["env"], c["preset"], c["data_root"], c["test_variant"])[-1]
+        if not job.is_cached():
+            raise FileNotFoundError(f"D_test of {c['env']} ({c['preset']}) is not in {c['data_root']}: "
+                                    f"run python3 datasets.py --env {c['env']} --preset {c['preset']} --root {c['data_root']}")
+        return datasets.load_dataset(job.path)
 
 
 def tuple_fields(config: dict) -> dict:
@@ -210,6 +249,9 @@ def main(argv=None) -> None:
     parser.add_argument("--risk-at", nargs=2, type=float, metavar=("X", "Y"), default=None,
                         help="print Q_risk at this position for the task policy's action, pi_rec's, and the "
                              "least and most risky of a 5 x 5 action grid (point environments), then stop")
+    parser.add_argument("--levels", action="store_true",
+                        help="print where Q_risk sits against eps_risk on D_test, for the critic Phase 3 "
+                             "started from (phase2.pt) and the final one, then stop")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
@@ -220,12 +262,23 @@ def main(argv=None) -> None:
             parser.error(f"--picture draws the point environments; {saved.env_name} has --video")
         if args.video and saved.env_name in POINT_ENVS:
             parser.error(f"--video films the MuJoCo environments; {saved.env_name} has --picture")
+        if args.levels and saved.safety is None:
+            parser.error(f"--levels needs a run with a critic, not {saved.config['method']}")
+        test = saved.d_test() if args.levels else None
         if args.risk_at and (saved.env_name not in POINT_ENVS or saved.safety is None):
             parser.error(f"--risk-at needs a point environment's run with a critic, not {saved.env_name} "
                          f"{saved.config['method']}")
         renderer, frames = (make_renderer(saved), []) if args.video else (None, None)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    if args.levels:
+        print(f"Q_risk on D_test ({len(test['rewards'])} transitions); safe: no violation within round(1 / (1 - gamma_risk)) steps")
+        for name, safety in (("after Phase 2", saved.phase2_safety()), ("final", saved.safety)):
+            if safety is not None:
+                r = saved.critic_levels(test, safety)
+                print(f"  {name:13s} median at safe {r['median_safe']:.3f}; above eps_risk {r['eps_risk']:g}: "
+                      f"safe {r['safe_above']:.1%}, unsafe {r['unsafe_above']:.1%}, pi_rec's action at safe {r['pi_rec_safe_above']:.1%}")
+        return
     if args.risk_at:
         print(f"Q_risk at {tuple(args.risk_at)}:")
         for name, (action, q) in saved.risk_at(args.risk_at).items():

@@ -3,9 +3,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 import evaluate
+import report
 import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,8 +56,25 @@ def test_risk_at_finds_the_grid_action_of_least_risk(runs, capsys):
     assert all(name in out for name in ("task", "pi_rec", "grid_min", "grid_max")) and "return" not in out
 
 
+def test_critic_levels_measure_q_risk_against_eps_risk_on_d_test(runs, capsys):
+    saved = evaluate.SavedAgent(str(runs / "navigation1" / "mesa" / "seed0"))
+    test, eps = saved.d_test(), saved.safety.cfg.eps_risk
+    saved.safety.q_risk = lambda obs, act: torch.full((len(obs), 1), eps + 0.01)   # above eps_risk everywhere
+    high = saved.critic_levels(test)
+    assert high["median_safe"] == pytest.approx(eps + 0.01) and high["safe_above"] == high["pi_rec_safe_above"] == 1.0
+    labels = report.danger_labels(test["costs"], test["terminals"], test["timeouts"],
+                                  round(1 / (1 - saved.safety.cfg.gamma_risk)))
+    saved.safety.q_risk = lambda obs, act: torch.from_numpy(labels.astype(np.float32))[:, None]   # a perfect critic
+    exact = saved.critic_levels(test)
+    assert exact["safe_above"] == 0.0 and exact["unsafe_above"] == 1.0 and exact["median_safe"] == 0.0
+    evaluate.main([str(runs / "navigation1" / "mesa" / "seed0"), "--levels"])
+    out = capsys.readouterr().out
+    assert "after Phase 2" in out and "final" in out and "return" not in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["{uncon}", "--risk-at", "0", "0"], "--risk-at needs a point environment's run with a critic"),
+    (["{uncon}", "--levels"], "--levels needs a run with a critic"),
     (["nowhere"], "config.json not found"),
     (["{nav}", "--video", "x.gif"], "--video films the MuJoCo environments"),
     (["{nav}", "--episodes", "0"], "--episodes must be >= 1"),
