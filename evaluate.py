@@ -121,8 +121,8 @@ class SavedAgent:
         obs = np.stack([self.env.observation(o) for o in data["observations"]]) if self.env is not self.raw_env \
             else data["observations"]
         obs_t, act_t = torch.from_numpy(np.asarray(obs, np.float32)), torch.from_numpy(np.asarray(data["actions"], np.float32))
-        horizon = round(1.0 / (1.0 - safety.cfg.gamma_risk))
-        unsafe = report.danger_labels(data["costs"], data["terminals"], data["timeouts"], horizon)
+        unsafe = report.danger_labels(data["costs"], data["terminals"], data["timeouts"],
+                                      report.label_horizon(safety.cfg.gamma_risk))
         with torch.no_grad():
             q, q_rec = safety.q_risk(obs_t, act_t).numpy().ravel(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
         eps = safety.cfg.eps_risk
@@ -139,7 +139,8 @@ class SavedAgent:
         return safety
 
     def d_test(self) -> dict:
-        """The run's D_test, from its data folder; an error naming the folder if it is not there."""
+        """The run's D_test (all of it, also for a run on a share of it, --test-fraction), from its
+        data folder; an error naming the folder if it is not there."""
         c = self.config
         job = datasets.file_jobs(c["env"], c["preset"], c["data_root"], c["test_variant"])[-1]
         if not job.is_cached():

@@ -121,8 +121,7 @@ def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
     batch = {"obs": torch.from_numpy(heldout["observations"]), "act": torch.from_numpy(heldout["actions"]),
              "cost": torch.from_numpy(heldout["costs"]),
              "next_obs": torch.from_numpy(heldout["next_observations"])}
-    gamma = safety.cfg.gamma_risk
-    horizon = round(1.0 / (1.0 - gamma)) if gamma < 1 else np.inf
+    horizon = report.label_horizon(safety.cfg.gamma_risk)
     labels = report.danger_labels(heldout["costs"], heldout["terminals"], heldout["timeouts"], horizon)
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(0)                     # the same target samples for every evaluation

@@ -121,6 +121,12 @@ def auroc(scores, labels) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def label_horizon(gamma_risk: float) -> float:
+    """round(1 / (1 - gamma_risk)): how many steps ahead a violation makes a transition dangerous
+    (Q_risk's effective horizon); unbounded at gamma_risk = 1."""
+    return round(1.0 / (1.0 - gamma_risk)) if gamma_risk < 1 else np.inf
+
+
 def danger_labels(costs, terminals, timeouts, horizon: float) -> np.ndarray:
     """True where a violation happens at the transition or within `horizon` later steps of its rollout.
 
