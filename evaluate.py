@@ -3,6 +3,7 @@
     python3 evaluate.py runs/quick/navigation1/mesa/seed0                 # 10 episodes, filter on and off
     python3 evaluate.py RUN_DIR --episodes 20 --picture trajectories.png  # Navigation, Maze: paths drawn
     MUJOCO_GL=egl python3 evaluate.py RUN_DIR --video run.gif             # Cartpole, HalfCheetah, Ant
+    python3 evaluate.py RUN_DIR --episodes 20 --before-violation 15      # who acted before each violation
 
 Episodes are deterministic: the task policy acts with its mean action, and (filter on) pi_rec
 replaces it wherever Q_risk of the proposal exceeds eps_risk, exactly as in Phase 3. Printed per
@@ -157,26 +158,56 @@ def tuple_fields(config: dict) -> dict:
 def run_episodes(saved: SavedAgent, episodes: int, use_filter: bool, seed: int, frames: list | None = None,
                  renderer=None) -> dict:
     """Deterministic episodes; their measures and, for point environments, each episode's path."""
-    returns, violations, successes, recovery, paths = [], [], [], [], []
+    returns, violations, successes, recovery, paths, timelines = [], [], [], [], [], []
     for k in range(episodes):
         obs, info = saved.env.reset(seed=seed + k)
-        path, ret, violated, fired_steps, steps, done = [position(saved)], 0.0, False, 0, 0, False
+        path, ret, violated, fired_log, first_violation, done = [position(saved)], 0.0, False, [], None, False
         while not done:
             action, fired = saved.action(obs, use_filter)
             obs, reward, terminated, truncated, info = saved.env.step(action)
-            ret, steps, fired_steps = ret + reward, steps + 1, fired_steps + fired
+            ret = ret + reward
+            fired_log.append(fired)
+            if info["cost"] > 0 and not violated:
+                first_violation = len(fired_log)     # the steps taken up to and including the violating one
             violated = violated or info["cost"] > 0
             path.append(position(saved))
             if renderer is not None and k == 0:
                 renderer.update_scene(saved.raw_env.unwrapped.data, camera=tracking_camera(saved))
                 frames.append(renderer.render())
             done = terminated or truncated
-        returns.append(ret), violations.append(violated), recovery.append(fired_steps / steps)
+        returns.append(ret), violations.append(violated), recovery.append(np.mean(fired_log))
         successes.append(float(info.get("success", np.nan)))
-        paths.append((np.array(path), violated))
+        paths.append((np.array(path), violated)), timelines.append((fired_log, first_violation))
     return {"return": float(np.mean(returns)), "violations": int(np.sum(violations)),
             "successes": float(np.nansum(successes)) if envs.HAS_SUCCESS[saved.env_name] else None,
-            "recovery_fraction": float(np.mean(recovery)), "paths": paths}
+            "recovery_fraction": float(np.mean(recovery)), "paths": paths, "timelines": timelines}
+
+
+def steps_before_violation(fired_log: list, first_violation: int | None, k: int) -> str | None:
+    """The last k steps up to and including an episode's first violating one, a character per step:
+    '#' where pi_rec acted, '.' where the task policy did; None if the episode had no violation. Shows
+    whether the filter warned early enough to act, or fired only as the violation came, or not at all."""
+    if first_violation is None:
+        return None
+    return "".join("#" if fired else "." for fired in fired_log[:first_violation][-k:])
+
+
+def warning_steps(before: str) -> int:
+    """How many steps pi_rec had been acting, without a break, when the violation came."""
+    return len(before) - len(before.rstrip("#"))
+
+
+def print_steps_before_violation(saved: SavedAgent, episodes: int, seed: int, k: int) -> None:
+    """Deterministic episodes with the filter on; for each violating one, who acted in its last k
+    steps, and how long pi_rec had been acting without a break when the violation came."""
+    timelines = run_episodes(saved, episodes, True, seed)["timelines"]
+    befores = [b for b in (steps_before_violation(log, at, k) for log, at in timelines) if b is not None]
+    print(f"{saved.env_name} {saved.config['method']} seed {saved.config['seed']}, filter on: {len(befores)} of "
+          f"{episodes} episodes violate; the last {k} steps up to each violation (# pi_rec acted, . task policy):")
+    for before in befores:
+        print(f"  {before:>{k}s}  pi_rec acting for the last {warning_steps(before)} steps")
+    if befores:
+        print(f"  median run of pi_rec up to the violation: {np.median([warning_steps(b) for b in befores]):g} steps")
 
 
 def position(saved: SavedAgent):
@@ -253,9 +284,14 @@ def main(argv=None) -> None:
     parser.add_argument("--levels", action="store_true",
                         help="print where Q_risk sits against eps_risk on D_test, for the critic Phase 3 "
                              "started from (phase2.pt) and the final one, then stop")
+    parser.add_argument("--before-violation", type=int, default=None, metavar="K",
+                        help="with the filter on, print for each violating episode who acted in the K steps "
+                             "up to the violation (# pi_rec, . task policy), then stop")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.before_violation is not None and args.before_violation < 1:
+        parser.error(f"--before-violation must be >= 1, got {args.before_violation}")
     torch.set_num_threads(1)
     try:
         saved = SavedAgent(args.run_dir)
@@ -263,8 +299,9 @@ def main(argv=None) -> None:
             parser.error(f"--picture draws the point environments; {saved.env_name} has --video")
         if args.video and saved.env_name in POINT_ENVS:
             parser.error(f"--video films the MuJoCo environments; {saved.env_name} has --picture")
-        if args.levels and saved.safety is None:
-            parser.error(f"--levels needs a run with a critic, not {saved.config['method']}")
+        for flag, given in (("--levels", args.levels), ("--before-violation", args.before_violation)):
+            if given and saved.safety is None:
+                parser.error(f"{flag} needs a run with a critic, not {saved.config['method']}")
         test = saved.d_test() if args.levels else None
         if args.risk_at and (saved.env_name not in POINT_ENVS or saved.safety is None):
             parser.error(f"--risk-at needs a point environment's run with a critic, not {saved.env_name} "
@@ -279,6 +316,9 @@ def main(argv=None) -> None:
                 r = saved.critic_levels(test, safety)
                 print(f"  {name:13s} median at safe {r['median_safe']:.3f}; above eps_risk {r['eps_risk']:g}: "
                       f"safe {r['safe_above']:.1%}, unsafe {r['unsafe_above']:.1%}, pi_rec's action at safe {r['pi_rec_safe_above']:.1%}")
+        return
+    if args.before_violation:
+        print_steps_before_violation(saved, args.episodes, args.seed, args.before_violation)
         return
     if args.risk_at:
         print(f"Q_risk at {tuple(args.risk_at)}:")

@@ -102,3 +102,25 @@ def test_video_is_written_or_the_missing_backend_named_in_one_line(runs, tmp_pat
     broken = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**no_display, "MUJOCO_GL": "glfw"})     # a window system, and no display
     assert broken.returncode == 2 and "MUJOCO_GL" in broken.stderr and len(broken.stderr.strip().splitlines()) == 1
+
+
+def test_steps_before_violation_show_who_acted_up_to_the_violation():
+    fired = [False, False, True, False, True, True, True, False]
+    assert evaluate.steps_before_violation(fired, 7, 5) == "#.###"         # steps 3-7; step 7 violated
+    assert evaluate.steps_before_violation(fired, 2, 5) == ".."            # fewer steps than k
+    assert evaluate.steps_before_violation(fired, None, 5) is None         # no violation
+    assert evaluate.warning_steps(".#.###") == 3 and evaluate.warning_steps("##.") == 0
+
+
+def test_before_violation_prints_each_violating_episode(runs, capsys):
+    saved = evaluate.SavedAgent(str(runs / "navigation1" / "mesa" / "seed0"))
+    timelines = evaluate.run_episodes(saved, 2, True, 0)["timelines"]
+    for fired_log, first_violation in timelines:
+        assert first_violation is None or 1 <= first_violation <= len(fired_log)
+    evaluate.main([str(runs / "navigation1" / "mesa" / "seed0"), "--episodes", "2", "--before-violation", "4"])
+    out = capsys.readouterr().out
+    violating = sum(at is not None for _, at in timelines)
+    assert f"{violating} of 2 episodes violate" in out and "return" not in out
+    assert sum("pi_rec acting for the last" in line for line in out.splitlines()) == violating
+    with pytest.raises(SystemExit):
+        evaluate.main([str(runs / "navigation1" / "unconstrained" / "seed0"), "--before-violation", "4"])
