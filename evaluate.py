@@ -161,20 +161,20 @@ def run_episodes(saved: SavedAgent, episodes: int, use_filter: bool, seed: int, 
     returns, violations, successes, recovery, paths, timelines = [], [], [], [], [], []
     for k in range(episodes):
         obs, info = saved.env.reset(seed=seed + k)
-        path, ret, violated, fired_log, first_violation, done = [position(saved)], 0.0, False, [], None, False
+        path, ret, fired_log, first_violation, done = [position(saved)], 0.0, [], None, False
         while not done:
             action, fired = saved.action(obs, use_filter)
             obs, reward, terminated, truncated, info = saved.env.step(action)
             ret = ret + reward
             fired_log.append(fired)
-            if info["cost"] > 0 and not violated:
+            if info["cost"] > 0 and first_violation is None:
                 first_violation = len(fired_log)     # the steps taken up to and including the violating one
-            violated = violated or info["cost"] > 0
             path.append(position(saved))
             if renderer is not None and k == 0:
                 renderer.update_scene(saved.raw_env.unwrapped.data, camera=tracking_camera(saved))
                 frames.append(renderer.render())
             done = terminated or truncated
+        violated = first_violation is not None
         returns.append(ret), violations.append(violated), recovery.append(np.mean(fired_log))
         successes.append(float(info.get("success", np.nan)))
         paths.append((np.array(path), violated)), timelines.append((fired_log, first_violation))
