@@ -323,6 +323,23 @@ def meta_cases(hp, agent: SAC) -> list[Case]:
     return cases
 
 
+def authors_meta_case(hp, agent: SAC) -> Case:
+    """The authors' MESA meta-step (--mesa-variant authors): a 3 x 100 critic of WLinear layers with
+    learned inner rates; ours only, timed against the plain critic's meta-step (torch's FLOP counter
+    cannot follow autograd.grad into the learned rates, so it has no FLOP count)."""
+    train = [offline_data(20_000, seed=j) for j in range(5)]
+    recovery = dataclasses.replace(hp.recovery, hidden=(100, 100, 100), layers="wlinear")
+    cfg = dataclasses.replace(hp.meta, learn_inner_lr=True, outer_grad_clip=40.0, target="current")
+    safety = Safety(OBS, ACT, -np.ones(ACT), np.ones(ACT), recovery)
+    buffers = [ReplayBuffer.from_arrays(d, seed=j) for j, d in enumerate(train)]
+    rho = mesa.initial_inner_rates(safety.q_risk, cfg.inner_lr)
+    optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=cfg.outer_lr)
+    optimizer.add_param_group({"params": list(rho.values()), "lr": cfg.inner_lr_lr})
+    rng = np.random.default_rng(0)
+    return Case("MESA meta-step, second order, authors' 3 x 100 WLinear critic",
+                lambda: mesa.meta_step(safety, buffers, agent.policy, cfg, optimizer, rng, rho))
+
+
 def phase3_case(hp) -> Case:
     """One Recovery RL step on HalfCheetah, ours and baseline. The network updates inside our step
     (SAC, Q_risk, pi_rec) are timed as they run, so the step's overhead is measured in place: with
@@ -410,7 +427,7 @@ def main(argv=None) -> dict:
     meta = meta_cases(hp, agent)
     phase3 = phase3_case(hp)
     hot = sac + [safety_case(hp, agent)] + meta + [phase3]
-    cases = peaks + hot + [env_case(name) for name in envs.ENV_NAMES] + sampling_cases(hp)
+    cases = peaks + hot + [authors_meta_case(hp, agent)] + [env_case(name) for name in envs.ENV_NAMES] + sampling_cases(hp)
     for case in hot:
         case.flops = count_flops(case.ours)
     measure(cases, rounds, seconds)

@@ -49,8 +49,13 @@ class SavedAgent:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run's folder?")
         self.run_dir = run_dir
-        self.config = config = json.load(open(paths[0]))
-        state = torch.load(paths[1], weights_only=True)
+        rerun = f"run it again: move {run_dir} away, then the run.py command that made it"
+        try:
+            with open(paths[0]) as f:
+                self.config = config = json.load(f)
+        except ValueError:
+            raise experiment.DamagedFile(f"{paths[0]} is damaged (not JSON): {rerun}") from None
+        state = experiment.load_checkpoint(paths[1], rerun)
         hp = config["hyperparameters"]
         self.env_name = config["env"]
         self.raw_env = envs.make_env(self.env_name, envs.test_task(self.env_name, config["test_variant"]),
@@ -127,8 +132,10 @@ class SavedAgent:
         with torch.no_grad():
             q, q_rec = safety.q_risk(obs_t, act_t).numpy().ravel(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
         eps = safety.cfg.eps_risk
-        return {"eps_risk": eps, "median_safe": float(np.median(q[~unsafe])), "safe_above": float((q[~unsafe] > eps).mean()),
-                "unsafe_above": float((q[unsafe] > eps).mean()), "pi_rec_safe_above": float((q_rec[~unsafe] > eps).mean())}
+        level = report.critic_level(q, unsafe, eps)
+        return {"eps_risk": eps, "median_safe": level["median_safe"], "safe_above": level["safe_above_eps"],
+                "unsafe_above": level["unsafe_above_eps"],
+                "pi_rec_safe_above": report.critic_level(q_rec, unsafe, eps)["safe_above_eps"]}
 
     def phase2_safety(self) -> Safety | None:
         """The critic and pi_rec Phase 3 started from (phase2.pt), or None where the run has none."""
@@ -136,7 +143,8 @@ class SavedAgent:
         if self.safety is None or not os.path.exists(path):
             return None
         safety = copy.deepcopy(self.safety)
-        safety.load_state_dict(torch.load(path, weights_only=True)["safety"])
+        state = experiment.load_checkpoint(path, "delete it to see the final critic's levels alone")
+        safety.load_state_dict(state["safety"])
         return safety
 
     def d_test(self) -> dict:
@@ -303,6 +311,7 @@ def main(argv=None) -> None:
             if given and saved.safety is None:
                 parser.error(f"{flag} needs a run with a critic, not {saved.config['method']}")
         test = saved.d_test() if args.levels else None
+        phase2 = saved.phase2_safety() if args.levels else None
         if args.risk_at and (saved.env_name not in POINT_ENVS or saved.safety is None):
             parser.error(f"--risk-at needs a point environment's run with a critic, not {saved.env_name} "
                          f"{saved.config['method']}")
@@ -311,7 +320,7 @@ def main(argv=None) -> None:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if args.levels:
         print(f"Q_risk on D_test ({len(test['rewards'])} transitions); safe: no violation within round(1 / (1 - gamma_risk)) steps")
-        for name, safety in (("after Phase 2", saved.phase2_safety()), ("final", saved.safety)):
+        for name, safety in (("after Phase 2", phase2), ("final", saved.safety)):
             if safety is not None:
                 r = saved.critic_levels(test, safety)
                 print(f"  {name:13s} median at safe {r['median_safe']:.3f}; above eps_risk {r['eps_risk']:g}: "

@@ -78,6 +78,7 @@ class Job:
     checkpoint_every: int = 0    # Phase-3 checkpoint every this many episodes (0: CHECKPOINT_EVERY[env])
     keep_checkpoint: bool = False  # keep phase3.pt after the run finishes
     tensorboard: bool = False    # also write progress.csv's scalars for TensorBoard (optional package)
+    position: str = ""           # e.g. "run 3 of 10": shown in its progress lines; not part of the run
 
     @property
     def folder(self) -> str:
@@ -114,9 +115,10 @@ def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
 
 
 def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
-    """MSE of Q_risk against its Bellman targets, and AUROC of Q_risk against upcoming violations.
+    """MSE of Q_risk against its Bellman targets, AUROC of Q_risk against upcoming violations, and
+    its level against eps_risk (report.critic_level: median at safe transitions, shares above).
 
-    heldout: transitions in collection order (a held-out set, or the ones Phase 3 visited).
+    heldout: transitions in collection order (a held-out set, D_test, or the ones Phase 3 visited).
     """
     batch = {"obs": torch.from_numpy(heldout["observations"]), "act": torch.from_numpy(heldout["actions"]),
              "cost": torch.from_numpy(heldout["costs"]),
@@ -128,7 +130,8 @@ def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
         q = safety.q_risk(batch["obs"], batch["act"])
         loss = safety_critic_loss(q, safety.targets(batch, policy)).item()
     return {"loss": loss, "auroc": report.auroc(q.numpy(), labels), "positives": int(labels.sum()),
-            "transitions": len(labels), "label_horizon": float(horizon)}
+            "transitions": len(labels), "label_horizon": float(horizon),
+            **report.critic_level(q.numpy(), labels, safety.cfg.eps_risk)}
 
 
 class ProgressLines:
@@ -166,7 +169,7 @@ class ProgressLines:
 
 def progress_bar(job: Job, phase: str, total: int):
     """A tqdm bar (one worker), periodic lines (several workers) or nothing (--no-progress)."""
-    label = f"{job.env}/{job.method}/seed{job.seed} {phase}"
+    label = f"{job.env}/{job.method}/seed{job.seed} {phase}" + (f" ({job.position})" if job.position else "")
     if job.progress == "lines":
         return ProgressLines(label, total)
     return tqdm(total=total, desc=label, leave=False, disable=job.progress != "bars" or total == 0,
@@ -197,6 +200,7 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
                 mesa.phase2(method, safety, test_buffer, policy, hp, callback, train_buffers)
         timings[phase] = time.perf_counter() - t0
         critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
+        critic[f"d_test_after_{phase}"] = critic_quality(safety, test, policy)
     return {"timings": timings, "critic": critic}
 
 
@@ -248,12 +252,10 @@ def fresh_networks(job: Job, env: gymnasium.Env) -> tuple[SAC, Safety | None]:
 def cached_offline_phases(job: Job, key: str) -> dict | None:
     """The saved Phases 1-2 (phase2.pt) with this key: the run's own, or the same run's in another
     configuration folder beside it (e.g. one that changed only eps_risk or the episodes), copied in."""
-    own = os.path.join(job.folder, "phase2.pt")
-    siblings = sorted(glob.glob(os.path.join(os.path.dirname(job.out), "*", job.env, job.method,
-                                             f"seed{job.seed}", "phase2.pt")))
-    for path in [own, *siblings]:
+    own, *_ = paths = phase2_paths(job)
+    for path in paths:
         if os.path.exists(path):
-            state = torch.load(path, weights_only=True)
+            state = load_checkpoint(path, PHASE2_ADVICE)
             if state["key"] == key:
                 if path != own:
                     os.makedirs(job.folder, exist_ok=True)
@@ -286,7 +288,7 @@ def run_one(job: Job) -> dict:
     progress = Phase3Progress.start(env, safety, job.episodes, job.seed, test)
     rows, seconds_before = resume_phase3(job, env, agent, safety, progress)
     if rows:
-        start_state = torch.load(checkpoint_path(job), weights_only=True)["start_state"]
+        start_state = load_checkpoint(checkpoint_path(job), PHASE3_ADVICE)["start_state"]
     t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
     os.makedirs(job.folder, exist_ok=True)
     log = report.TrainingLog(os.path.join(job.folder, "progress.csv"), progress.env_step,
@@ -307,7 +309,7 @@ def run_one(job: Job) -> dict:
     info["timings"]["phase3"] = seconds_before + time.perf_counter() - t0
     if safety is not None:       # the buffer's rows after the offline data: what Phase 3 visited
         visited = {k: v[len(test["rewards"]):] for k, v in progress.safety_buffer.arrays().items()}
-        info["critic"].update(onpolicy_quality(safety, start_state, visited, agent.policy))
+        info["critic"].update(onpolicy_quality(safety, start_state, visited, agent.policy, test))
     stats = observation_statistics(job)
     save_checkpoint({"key": job.key(), "sac": agent.state_dict(),
                      "safety": safety.state_dict() if safety is not None else None,
@@ -326,13 +328,54 @@ def checkpoint_path(job: Job) -> str:
     return os.path.join(job.folder, "phase3.pt")
 
 
+# ----------------------------------------------------------------------------- damaged files
+# A file of a run that cannot be read stops the command with one line that names it and says what to
+# do (run.py: exit status 2); nothing is deleted or overwritten. run.py checks every job's files
+# before the first job starts (check_files), so a damaged one never stops a sweep half way.
+
+PHASE2_ADVICE = "delete it to run this run's Phases 1-2 again"
+PHASE3_ADVICE = "delete it to restart this run's Phase 3 from its cached Phases 1-2"
+
+
+class DamagedFile(ValueError):
+    """A run's file that cannot be read; the message names it and what to do."""
+
+
+def load_checkpoint(path: str, advice: str) -> dict:
+    """torch.load(path, weights_only=True), or a DamagedFile "<path> is damaged (...): <advice>"."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:    # truncated or overwritten: torch raises RuntimeError, EOFError, pickle errors
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        raise DamagedFile(f"{path} is damaged ({reason}): {advice}") from None
+
+
+def phase2_paths(job: Job) -> list[str]:
+    """Where cached Phases 1-2 of this run may lie: its own phase2.pt, then the same run's in the
+    other configuration folders beside it."""
+    own = os.path.join(job.folder, "phase2.pt")
+    siblings = sorted(glob.glob(os.path.join(os.path.dirname(job.out), "*", job.env, job.method,
+                                             f"seed{job.seed}", "phase2.pt")))
+    return [own, *(s for s in siblings if os.path.abspath(s) != os.path.abspath(own))]
+
+
+def check_files(job: Job) -> None:
+    """A DamagedFile for the first file this unfinished job would read that cannot be read: its
+    cached Phases 1-2 (its own or a sibling configuration's phase2.pt) or its Phase-3 checkpoint."""
+    for path in phase2_paths(job):
+        if os.path.exists(path):
+            load_checkpoint(path, PHASE2_ADVICE)
+    if os.path.exists(checkpoint_path(job)):
+        load_checkpoint(checkpoint_path(job), PHASE3_ADVICE)
+
+
 def resume_phase3(job: Job, env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> tuple[list, float]:
     """(episode rows so far, Phase-3 seconds so far) of this run's checkpoint, restored into the
     fresh objects; ([], 0) where there is none or it belongs to another configuration."""
     path = checkpoint_path(job)
     if not os.path.exists(path):
         return [], 0.0
-    state = torch.load(path, weights_only=True)
+    state = load_checkpoint(path, PHASE3_ADVICE)
     if state["key"] != job.key():
         return [], 0.0
     restore_phase3(state, env, agent, safety, progress)
@@ -340,10 +383,13 @@ def resume_phase3(job: Job, env, agent: SAC, safety: Safety | None, progress: Ph
     return state["rows"], state["seconds"]
 
 
-def onpolicy_quality(safety: Safety, start_state: dict, visited: dict, policy) -> dict:
-    """Critic quality on the transitions Phase 3 visited: the critic it started from and the final one."""
+def onpolicy_quality(safety: Safety, start_state: dict, visited: dict, policy, test: dict | None = None) -> dict:
+    """Critic quality on the transitions Phase 3 visited: the critic it started from and the final
+    one; and the final one's on the method's test-environment data (D_test; RRL-oracle: its own)."""
     final = copy.deepcopy(safety.state_dict())
     scores = {"onpolicy_final": critic_quality(safety, visited, policy)}
+    if test is not None:
+        scores["d_test_final"] = critic_quality(safety, test, policy)
     safety.load_state_dict(start_state)
     scores["onpolicy_start"] = critic_quality(safety, visited, policy)
     safety.load_state_dict(final)
@@ -375,10 +421,17 @@ def write_run(job: Job, info: dict, rows: list[dict]) -> None:
 
 
 def finished(job: Job) -> bool:
-    """A run is finished when its episodes.csv exists and its config has the same run key."""
-    try:
-        with open(os.path.join(job.folder, "config.json")) as f:
-            same = json.load(f)["run_key"] == job.key()
-        return same and os.path.exists(os.path.join(job.folder, "episodes.csv"))
-    except (OSError, ValueError, KeyError):
+    """A run is finished when its episodes.csv exists and its config has the same run key.
+
+    A DamagedFile where episodes.csv exists beside a config.json that cannot be read: a finished
+    run's results are never run over."""
+    path = os.path.join(job.folder, "config.json")
+    if not os.path.exists(os.path.join(job.folder, "episodes.csv")):
         return False
+    try:
+        with open(path) as f:
+            return json.load(f)["run_key"] == job.key()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = "missing" if isinstance(e, FileNotFoundError) else "cannot be read"
+        raise DamagedFile(f"{path} is damaged ({reason}) beside a finished run's episodes.csv: restore it, "
+                          f"or move {job.folder} away to run this run again") from None

@@ -17,7 +17,7 @@ below), before the inner step: they are data for MAML, not functions of psi. The
 tasks, as in Algorithm 1 (a mean would scale alpha2 by 1/K).
 
 The authors' variant (docs/mesa_variants.md; `run.py --mesa-variant authors` switches all on).
-The authors' code (run_multitask.py, main.py) differs from the paper in six ways, each a config
+The authors' code (run_multitask.py, main.py) differs from the paper in seven ways, each a config
 field whose default is the paper's:
 - learn_inner_lr: Meta-SGD. Each parameter tensor k of Q_risk gets its own inner rate
   softplus(rho_k), starting at alpha1: psi'_k = psi_k - softplus(rho_k) grad_k L_risk(psi; B_in).
@@ -28,6 +28,8 @@ field whose default is the paper's:
 - target = "current": the meta-batches' Bellman targets come from psi itself, not from the Polyak
   target network; the target network then follows psi, so Phase 2 starts from a copy of it.
 - (RecoveryConfig) hidden = (100, 100, 100): their critic and pi_rec are 3 x 100.
+- (RecoveryConfig) layers = "wlinear": their critic's layers generate their weights from a learned
+  code (sac.WLinear, from MACAW); MAML adapts the code and the generator alike.
 - (MultiTaskConfig) phase2_with_train: Multi-Task's Phase 2 on the training data plus D_test.
 """
 from __future__ import annotations
@@ -167,8 +169,8 @@ def paper_hyperparameters(env: str) -> Hyperparameters:
 # ----------------------------------------------------------------------------- MAML, by hand
 
 def risk_loss(q_risk: torch.nn.Module, params: dict[str, torch.Tensor], batch: dict, targets: torch.Tensor) -> torch.Tensor:
-    """L_risk(psi; B) with the parameters psi given explicitly (MESA eq. 1)."""
-    prediction = functional_call(q_risk, params, (batch["obs"], batch["act"]), strict=True)
+    """L_risk(psi; B) with the parameters psi given explicitly (MESA eq. 1), over every head of Q_risk."""
+    prediction = functional_call(q_risk, params, (batch["obs"], batch["act"]), {"all_heads": True}, strict=True)
     return safety_critic_loss(prediction, targets)
 
 

@@ -14,8 +14,10 @@ Parts (docs/results.md):
               setting, beside its RRL and Unconstrained runs (docs/baselines.md).
   comparison  the five methods on the six environments (--env: some of them), 3 seeds in quick,
               COMPARISON_SEEDS in paper; results/<env>/summary.{md,json} and figures.
-  mesa_variants, figure2, figure6, outer_lr, eps_risk, long, raw_inputs
+  mesa_variants, figure2, figure6, outer_lr, eps_risk, long, raw_inputs, paper_scale
               the studies beyond the comparison: studies.py says what each one measures.
+              paper_scale (HalfCheetah 500 and Ant 1000 episodes) takes days on 2 cores and runs
+              only with --only paper_scale; it resumes where it stopped.
 Outputs go under --out (run.py's layout for the runs), plus one folder per study and
 RESULTS_<part>.md, the tables docs/results.md quotes.
 """
@@ -46,7 +48,8 @@ from sac import atomic_write  # noqa: E402
 from studies import job, prepare  # noqa: E402
 
 PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2", "figure6", "outer_lr", "eps_risk",
-         "long", "raw_inputs")
+         "long", "raw_inputs", "paper_scale")
+DEFAULT_PARTS = PARTS[:-1]   # paper_scale runs for days (docs/results.md): only when asked for
 COMPARISON_SEEDS = 5
 
 
@@ -243,7 +246,8 @@ def comparison_table(out: str, env_names) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate docs/results.md (see the module docstring).")
-    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
+                        help="parts to run (default: all but paper_scale, which takes days)")
     parser.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     parser.add_argument("--out", default="results")
     parser.add_argument("--data-root", default="data")
@@ -252,7 +256,8 @@ def main(argv=None) -> None:
                         help="the environments to run in comparison, rrl_baselines and mesa_variants "
                              "(each runs those it covers; default: all six)")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="the comparison's seeds 0..N-1 (default: 3 for quick, 5 for paper)")
+                        help="the comparison's and paper_scale's seeds 0..N-1 (default: comparison 3 for "
+                             "quick, 5 for paper; paper_scale 5 HalfCheetah, 3 Ant)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     parts = {"rrl_check": rrl_check,
@@ -261,7 +266,9 @@ def main(argv=None) -> None:
              "mesa_variants": lambda *a: studies.mesa_variants(
                  *a, env_names=[e for e in studies.MESA_VARIANT_ENVS if e in args.env]), "figure2": studies.figure2, "figure6": studies.figure6,
              "outer_lr": studies.outer_lr, "eps_risk": studies.eps_risk, "long": studies.long_phase3,
-             "raw_inputs": studies.raw_inputs}
+             "raw_inputs": studies.raw_inputs,
+             "paper_scale": lambda *a: studies.paper_scale(
+                 *a, env_names=[e for e in studies.PAPER_SCALE_SEEDS if e in args.env], seeds=args.seeds)}
     for name in args.only:
         print(f"== {name}", flush=True)
         try:

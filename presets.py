@@ -32,28 +32,29 @@ QUICK_EPISODES = {"navigation1": 300, "navigation2": 300, "maze": 500, "cartpole
                   "halfcheetah": 60, "ant": 60}
 
 # Preset changes to the paper's hyperparameters, as {"group.field": value}. Quick: 2 x 128
-# networks, batches of 128, and the paper's Phase-1 step counts except MESA's and Multi-Task's on
-# the MuJoCo envs, which are 10x / 5x fewer (README, "Running").
+# networks and batches of 128 for every method alike, and fewer Phase-3 episodes; every Phase-1 and
+# Phase-2 step count stays the paper's (docs/design.md, "Each method's Phase-1 budget"). No preset
+# gives one method fewer Phase-1 steps than another.
 QUICK = {"sac.hidden": (128, 128), "recovery.hidden": (128, 128), "sac.batch_size": 128,
          "recovery.batch_size": 128, "meta.batch_size": 128, "multitask.batch_size": 128,
          "rrl.batch_size": 128}
-QUICK_MUJOCO = {**QUICK, "meta.steps": 1500, "multitask.steps": 3000}
 SMOKE = {"sac.hidden": (16, 16), "recovery.hidden": (16, 16), "sac.batch_size": 16,
          "recovery.batch_size": 16, "meta.batch_size": 16, "multitask.batch_size": 16,
          "rrl.batch_size": 16, "adapt.batch_size": 16, "sac.start_steps": 20, "meta.steps": 3,
          "meta.tasks_per_step": 2, "multitask.steps": 3, "rrl.steps": 3, "adapt.steps": 3}
 
 # --mesa-variant: "paper" (the default) or "authors", MESA as its authors' code ran it
-# (docs/mesa_variants.md): five changes to MESA, among them its 3 x 100 networks (MESA's alone, as
-# in that code), and Multi-Task's Phase 2 on training + test data where their main.py does that.
+# (docs/mesa_variants.md): six changes to MESA, among them its 3 x 100 networks and its critic of
+# WLinear layers (MESA's alone, as in that code), and Multi-Task's Phase 2 on training + test data
+# where their main.py does that.
 MESA_VARIANTS = ("paper", "authors")
 AUTHORS_MESA = {"meta.learn_inner_lr": True, "meta.outer_grad_clip": 40.0, "meta.pi_rec_lr": 1e-4,
-                "meta.target": "current", "recovery.hidden": (100, 100, 100)}
+                "meta.target": "current", "recovery.hidden": (100, 100, 100), "recovery.layers": "wlinear"}
 AUTHORS_MULTITASK_ENVS = ("cartpole", "halfcheetah", "ant")
 # Fields added after runs were made: left out of the run key at their defaults, so older run keys
 # (finished runs, cached Phases 1-2) stay valid.
 LATER_FIELDS = {"meta": ("learn_inner_lr", "inner_lr_lr", "outer_grad_clip", "pi_rec_lr", "target"),
-                "multitask": ("phase2_with_train",)}
+                "multitask": ("phase2_with_train",), "recovery": ("layers", "heads")}
 
 
 GROUPS = {  # Hyperparameters field -> (dataclass, what it configures)
@@ -81,7 +82,7 @@ def preset_config(env: str, preset: str) -> tuple[Hyperparameters, int]:
     hp = mesa.paper_hyperparameters(env)
     if preset == "paper":
         return hp, PAPER_EPISODES[env]
-    changes = SMOKE if preset == "smoke" else QUICK_MUJOCO if env in MUJOCO else QUICK
+    changes = SMOKE if preset == "smoke" else QUICK
     return apply(hp, changes), 2 if preset == "smoke" else QUICK_EPISODES[env]
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sac import (SAC, QNetwork, ReplayBuffer, frozen_copy, global_rng_state, mlp, polyak_update, require,
+from sac import (LAYERS, SAC, ReplayBuffer, frozen_copy, global_rng_state, mlp, polyak_update, require,
                  set_global_rng_state)
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
@@ -44,10 +44,14 @@ class RecoveryConfig:
     pos_fraction: float = 0.0    # share of each Q_risk batch drawn from violating transitions
     hidden: tuple[int, ...] = (256, 256)
     target_policy: str = "task"  # a' of the Phase-3 Bellman target: "task" (authors') or "composite"
+    layers: str = "linear"       # Q_risk's layers: "linear", or "wlinear" (the MESA authors' critic, sac.WLinear)
+    heads: int = 1               # Q_risk's heads; 2: twin heads, the max of both in targets and filter [authors' RRL, Multi-Task]
 
     def __post_init__(self):
         require(self.target_policy in TARGET_POLICIES,
                 f"target_policy must be one of {', '.join(TARGET_POLICIES)}, got {self.target_policy!r}")
+        require(self.layers in LAYERS, f"critic layers must be one of {', '.join(LAYERS)}, got {self.layers!r}")
+        require(self.heads in (1, 2), f"critic heads must be 1 or 2, got {self.heads}")
         for name in ("gamma_risk", "eps_risk", "tau_risk", "pos_fraction"):
             value = getattr(self, name)
             require(0 <= value <= 1, f"{name} must lie in [0, 1], got {value}")
@@ -58,11 +62,26 @@ class RecoveryConfig:
 
 # ----------------------------------------------------------------------------- networks
 
-class SafetyCritic(QNetwork):
-    """Q_risk(s, a) = sigmoid(MLP(concat(s, a))), in [0, 1] (MESA appendix A.2).  # (B,)"""
+class SafetyCritic(nn.Module):
+    """Q_risk(s, a) = sigmoid(MLP(concat(s, a))), in [0, 1] (MESA appendix A.2).  # (B,)
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(super().forward(obs, act))
+    With two heads (the authors' RRL and Multi-Task critic, `QNetworkConstraint`), Q_risk is the
+    larger of two independently initialised MLPs: the pessimistic estimate feeds the Bellman target,
+    the filter and pi_rec, while each head is trained on the common target (all_heads=True).
+    layers: "linear" or "wlinear" (sac.WLinear, the authors' MESA critic).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden=(256, 256), layers: str = "linear", heads: int = 1):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, 1, hidden, layers)
+        if heads == 2:
+            self.twin = mlp(obs_dim + act_dim, 1, hidden, layers)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
+        x = torch.cat([obs, act], dim=-1)
+        heads = [self.net] + ([self.twin] if hasattr(self, "twin") else [])
+        q = torch.sigmoid(torch.stack([head(x).squeeze(-1) for head in heads]))   # (H, B)
+        return q if all_heads else q.amax(0)
 
 
 class RecoveryPolicy(nn.Module):
@@ -90,8 +109,10 @@ def safety_bellman_target(cost: torch.Tensor, next_q_risk: torch.Tensor, gamma_r
 
 
 def safety_critic_loss(q_risk: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L_risk = E[(Q_risk(s, a) - y)^2] (MESA eq. 1)."""
-    return F.mse_loss(q_risk, target)
+    """L_risk = E[(Q_risk(s, a) - y)^2] (MESA eq. 1); for a critic's heads (H, B), the sum of each head's."""
+    if q_risk.dim() == 1:
+        return F.mse_loss(q_risk, target)
+    return sum(F.mse_loss(q, target) for q in q_risk)
 
 
 def recovery_policy_loss(q_risk_of_recovery: torch.Tensor) -> torch.Tensor:
@@ -130,7 +151,7 @@ class Safety:
                  recovery: bool = True):
         self.cfg = cfg = cfg or RecoveryConfig()
         self.recovery = recovery   # False: Q_risk is learned but pi_rec never acts (baselines.py)
-        self.q_risk = SafetyCritic(obs_dim, act_dim, cfg.hidden)
+        self.q_risk = SafetyCritic(obs_dim, act_dim, cfg.hidden, cfg.layers, cfg.heads)
         self.q_risk_targ = frozen_copy(self.q_risk)
         self.tau_risk = cfg.tau_risk   # Polyak rate of q_risk_targ; MESA's Phases 2-3 set their own (mesa.phase2)
         self.pi_rec = RecoveryPolicy(obs_dim, act_dim, action_low, action_high, cfg.hidden)
@@ -153,7 +174,7 @@ class Safety:
 
     def update_critic(self, batch: dict[str, torch.Tensor], policy: Policy) -> float:
         """One Adam step on L_risk, then Polyak-average the target network."""
-        loss = safety_critic_loss(self.q_risk(batch["obs"], batch["act"]), self.targets(batch, policy))
+        loss = safety_critic_loss(self.q_risk(batch["obs"], batch["act"], all_heads=True), self.targets(batch, policy))
         self.q_optim.zero_grad(set_to_none=True)
         loss.backward()
         self.q_optim.step()

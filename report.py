@@ -33,6 +33,8 @@ COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "
 COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red",
            "rrl_oracle": "tab:purple", "lr": "tab:olive", "sqrl": "tab:cyan",
            "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black"}
+MARKERS = {"unconstrained": "s", "rrl": "^", "multitask": "D", "mesa": "o", "rrl_oracle": "v", "lr": "<",
+           "sqrl": ">", "rspo": "P", "rp": "X", "rcpo": "*"}
 LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
           "rrl_oracle": "RRL-oracle", "lr": "LR", "sqrl": "SQRL", "rspo": "RSPO",
           "rp": "RP", "rcpo": "RCPO", "mesa_authors": "MESA (authors' variant)",
@@ -144,6 +146,15 @@ def danger_labels(costs, terminals, timeouts, horizon: float) -> np.ndarray:
     return labels
 
 
+def critic_level(q: np.ndarray, unsafe: np.ndarray, eps_risk: float) -> dict:
+    """Where Q_risk sits against eps_risk (a critic can rank well yet fire everywhere): its median at
+    the safe transitions (danger label 0) and the shares of safe and unsafe transitions above eps_risk."""
+    q, unsafe = np.asarray(q), np.asarray(unsafe, bool)
+    share = lambda x: float((x > eps_risk).mean()) if len(x) else float("nan")  # noqa: E731
+    return {"median_safe": float(np.median(q[~unsafe])) if (~unsafe).any() else float("nan"),
+            "safe_above_eps": share(q[~unsafe]), "unsafe_above_eps": share(q[unsafe])}
+
+
 def mean_se(values) -> tuple[float, float]:
     """Mean and standard error (std with ddof=1 over sqrt(n); 0 for a single value)."""
     values = np.asarray(values, np.float64)
@@ -173,26 +184,50 @@ def _curves(runs: list[dict], key: str, window: int = 1) -> tuple[np.ndarray, np
     return np.arange(1, n + 1), stacked.mean(0), se
 
 
-def _figure(path: str, by_method: dict, panels: list[tuple[str, str]], title: str, window: int = 1) -> None:
-    """One panel per (episodes.csv column, y label), side by side; mean ± s.e. over each method's seeds."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+def window_label(ylabel: str, window: int) -> str:
+    """The y label with the running mean's window: "Return (running mean over 15 episodes)"."""
+    if window <= 1:
+        return ylabel
+    if "(running mean)" in ylabel:
+        return ylabel.replace("(running mean)", f"(running mean over {window} episodes)")
+    return f"{ylabel} (running mean over {window} episodes)"
+
+
+def draw_figure(by_method: dict, panels: list[tuple[str, str]], title: str, window: int = 1):
+    """One panel per (episodes.csv column, y label), side by side; mean ± s.e. over each method's seeds.
+
+    Every method's line has its own marker, placed at episodes staggered between methods, so that
+    lines on top of each other (several methods with 0 violations) stay apart; the legend sits right
+    of the panels, off the data; the y label gives a running mean's window.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 3.6), squeeze=False,
+                             layout="constrained")
     for ax, (key, ylabel) in zip(axes[0], panels):
-        for method, runs in by_method.items():
+        for i, (method, runs) in enumerate(by_method.items()):
             x, mean, se = _curves(runs, key, window)
-            ax.plot(x, mean, color=COLOURS.get(method), label=f"{LABELS.get(method, method)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+            every = max(1, len(x) // 8)
+            ax.plot(x, mean, color=COLOURS.get(method), marker=MARKERS.get(method, "o"), markersize=5,
+                    markevery=(i * every // len(by_method), every),
+                    label=f"{LABELS.get(method, method)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
             ax.fill_between(x, mean - se, mean + se, color=COLOURS.get(method), alpha=0.25, linewidth=0)
-        ax.set(xlabel="Episode", ylabel=ylabel, title=title)
-    axes[0][0].legend(frameon=False)
-    fig.tight_layout()
+        ax.set(xlabel="Episode", ylabel=window_label(ylabel, window))
+    fig.suptitle(title, fontsize=11)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center", frameon=False)
+    return fig
+
+
+def _figure(path: str, by_method: dict, panels: list[tuple[str, str]], title: str, window: int = 1) -> None:
+    """draw_figure as a PNG at path."""
+    fig = draw_figure(by_method, panels, title, window)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     atomic_write(path, buf.getvalue())
 
 
-def _critic_values(metrics: list[dict], where: str) -> list[float]:
-    """One AUROC per run from metrics.json["critic"][where] (nan dropped: a class was empty)."""
-    values = [m.get("critic", {}).get(where, {}).get("auroc", float("nan")) for m in metrics]
+def _critic_values(metrics: list[dict], where: str, what: str = "auroc") -> list[float]:
+    """One value per run from metrics.json["critic"][where][what] (nan and runs without it dropped)."""
+    values = [m.get("critic", {}).get(where, {}).get(what, float("nan")) for m in metrics]
     return [v for v in values if v == v]
 
 
@@ -202,8 +237,13 @@ def _stat(out: dict, key: str, values) -> None:
     out[key], out[f"{key}_se"] = mean, se
 
 
+VIOLATION_MARKS = (60, 100, 250)   # cumulative violations after these episodes: quick's 60 against longer runs
 CRITIC_PLACES = {"heldout_after_phase1": "after_phase1", "heldout_after_phase2": "after_phase2",
                  "onpolicy_start": "onpolicy_start", "onpolicy_final": "onpolicy_final"}
+# Where the critic's level against eps_risk is summarised (runs from before it was recorded have none).
+LEVEL_PLACES = {"d_test_after_phase1": "d_test_after_phase1", "d_test_after_phase2": "d_test_after_phase2",
+                "d_test_final": "d_test_final", "heldout_after_phase1": "after_phase1",
+                "heldout_after_phase2": "after_phase2", "onpolicy_final": "onpolicy_final"}
 
 
 def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> dict:
@@ -212,10 +252,14 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
     violation_rate: share of episodes with a violation; success_rate_last100: success rate over the
     last 100 episodes (or all, if fewer); final_*: mean over the last 10% of episodes;
     critic_auroc: Q_risk's AUROC held-out after Phases 1 and 2, and on the transitions Phase 3
-    visited, by the critic it started from and by the final one.
+    visited, by the critic it started from and by the final one. critic_level: per place, the share
+    of safe transitions whose Q_risk exceeds eps_risk and their median Q_risk (report.critic_level).
     """
     out = {"seeds": len(runs), "episodes": int(min(len(r["episode"]) for r in runs))}
     _stat(out, "cumulative_violations", [r["cumulative_violations"][-1] for r in runs])
+    out["cumulative_violations_at"] = {}    # after episode 60, 100, 250 (where the runs are that long)
+    for mark in (m for m in VIOLATION_MARKS if m <= out["episodes"]):
+        _stat(out["cumulative_violations_at"], str(mark), [r["cumulative_violations"][mark - 1] for r in runs])
     _stat(out, "violation_rate", [np.mean(r["violation"]) for r in runs])
     _stat(out, "final_return", [final_value(r["return"]) for r in runs])
     _stat(out, "final_success", [final_value(r["success"]) for r in runs] if has_success else [])
@@ -224,6 +268,11 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
     out["critic_auroc"] = {}
     for name, where in CRITIC_PLACES.items():
         _stat(out["critic_auroc"], name, _critic_values(metrics, where))
+    out["critic_level"] = {}
+    for name, where in LEVEL_PLACES.items():
+        level = out["critic_level"][name] = {}
+        for what in ("safe_above_eps", "median_safe"):
+            _stat(level, what, _critic_values(metrics, where, what))
     return out
 
 
@@ -249,13 +298,25 @@ def load_runs(env_dir: str, methods, seeds) -> tuple[dict, dict]:
     return by_method, metrics
 
 
-def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset: str = "") -> str:
-    """Write summary.md, summary.json and the two figures for one environment; return the table."""
-    by_method, metrics = load_runs(env_dir, methods, seeds)
+def load_rows(folders: dict[str, list[str]]) -> tuple[dict, dict]:
+    """(episodes per row, metrics.json per row) of the finished runs among each row's run folders."""
+    loaded = {row: load_folders(paths) for row, paths in folders.items()}
+    return ({row: runs for row, (runs, _) in loaded.items() if runs},
+            {row: metrics for row, (runs, metrics) in loaded.items() if runs})
+
+
+def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset: str = "",
+              folders: dict[str, list[str]] | None = None) -> str:
+    """Write summary.md, summary.json and the two figures for one environment; return the table.
+
+    The runs are env_dir/<method>/seed<k>, or, given `folders`, {row name: run folders} (rows from
+    several configurations, e.g. a MESA variant beside the paper's)."""
+    by_method, metrics = load_rows(folders) if folders is not None else load_runs(env_dir, methods, seeds)
     summary = {m: method_summary(by_method[m], metrics[m], has_success) for m in by_method}
     header = ["method", "seeds", "episodes", "cumulative violations", "violating episodes",
               *(["final success rate"] if has_success else []), "final return",
-              "AUROC held-out (Phase 1 / 2)", "AUROC on-policy (start / end of Phase 3)"]
+              "AUROC held-out (Phase 1 / 2)", "AUROC on-policy (start / end of Phase 3)",
+              "safe D_test above eps_risk (Phase 1 / 2 / end)"]
     lines = [f"# {env}: mean ± standard error over seeds", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, s in summary.items():
@@ -265,14 +326,19 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
                  *([cell(s, "final_success", "{:.2f} ± {:.2f}")] if has_success else []),
                  cell(s, "final_return", "{:.1f} ± {:.1f}"),
                  f"{cell(a, 'heldout_after_phase1')} / {cell(a, 'heldout_after_phase2')}",
-                 f"{cell(a, 'onpolicy_start')} / {cell(a, 'onpolicy_final')}"]
+                 f"{cell(a, 'onpolicy_start')} / {cell(a, 'onpolicy_final')}",
+                 " / ".join(cell(s["critic_level"][p], "safe_above_eps", "{:.0%}") for p in
+                            ("d_test_after_phase1", "d_test_after_phase2", "d_test_final"))]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     notes = ("\n\nFinal values: mean over the last 10% of episodes. Violating episodes: share of "
              "episodes with a violation. AUROC: Q_risk against a violation within "
              "round(1/(1 - gamma_risk)) steps; held-out = a collection of D_test's generator after "
              "Phases 1 and 2; on-policy = the transitions Phase 3 visited, scored by the critic "
-             "Phase 3 started from and by the final one.\n\n"
+             "Phase 3 started from and by the final one. Safe D_test above eps_risk: the share of "
+             "D_test's safe transitions (no violation within that horizon) whose Q_risk exceeds "
+             "eps_risk, after Phases 1 and 2 and at the end of Phase 3 (mean over seeds; - for runs "
+             "made before it was recorded): where it is high, the filter fires on safe states.\n\n"
              "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
     atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
     write_json(os.path.join(env_dir, "summary.json"), {"env": env, "preset": preset, "methods": summary})

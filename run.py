@@ -1,6 +1,7 @@
 """Run MESA and its comparisons end to end from the command line: datasets, Phases 1-3, summary, figures.
 
-    python run.py                      # quick comparison of the five methods on navigation1
+    python run.py                      # the short comparison: 4 methods on navigation1, seed 0, 100 episodes
+    python run.py --seeds 3            # the full one: 5 methods, 3 seeds, quick's 300 episodes
     python run.py --env maze,cartpole --seeds 3 --preset quick --workers 2
 
 The command line gives the jobs: every (env, method, seed), with the preset's hyperparameters
@@ -20,14 +21,16 @@ import importlib.util
 import multiprocessing
 import os
 import signal
+import sys
 
 import torch
 
 import datasets
 import envs
 import report
+import timing
 from baselines import BASELINES
-from experiment import DATA_SEED, ORACLE_DATA_METHODS, Job, finished, heldout_set, run_one
+from experiment import DATA_SEED, ORACLE_DATA_METHODS, DamagedFile, Job, check_files, finished, heldout_set, run_one
 from mesa import METHODS
 from presets import GROUPS, MESA_VARIANTS, SKIPPED, field_docs, job_config
 from sac import OneLineParser
@@ -37,18 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         description="Run MESA and the methods it is compared with, end to end (README: Running). "
                     "Every hyperparameter option left unset takes the preset's value.")
-    parser.add_argument("--env", nargs="+", default=["navigation1"],
+    parser.add_argument("--env", nargs="+", default=None,
                         help=f"environments, comma or space separated, or 'all': {', '.join(envs.ENV_NAMES)} "
                              "(default: navigation1)")
-    parser.add_argument("--methods", nargs="+", default=["all"],
+    parser.add_argument("--methods", nargs="+", default=None,
                         help=f"subset of {', '.join(METHODS)} (default: all of these) and of Recovery RL's "
                              f"comparisons {', '.join(BASELINES)}")
-    parser.add_argument("--seeds", nargs="+", default=["2"],
+    parser.add_argument("--seeds", nargs="+", default=None,
                         help="one number N: the N seeds 0..N-1; several (or comma separated): exactly "
                              "those seeds (default: 2, i.e. seeds 0 and 1)")
     parser.add_argument("--seed", type=int, default=None, help="one seed K (overrides --seeds)")
-    parser.add_argument("--preset", choices=datasets.PRESETS, default="quick",
-                        help="sizes: paper (the paper's), quick (2-core CPU, the default), smoke (seconds, tests)")
+    parser.add_argument("--preset", choices=datasets.PRESETS, default=None,
+                        help="sizes: paper (the paper's), quick (2-core CPU, the default), smoke (seconds, tests). "
+                             "With none of --env, --methods, --seeds, --seed, --episodes, --preset: the short "
+                             f"comparison, {' '.join(SHORT_COMPARISON)} (about 10 minutes on 2 cores)")
     parser.add_argument("--out", default="runs", help="output folder (default: %(default)s, git-ignored; only "
                                                       "paper.py writes results/)")
     parser.add_argument("--data-root", default="data", help="dataset cache folder (default: %(default)s)")
@@ -101,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `python3 run.py` with no --env, --methods, --seeds, --seed, --episodes or --preset: enough of the
+# comparison to show the paper's point on Navigation 1 (MESA against Multi-Task, RRL and Unconstrained
+# SAC; seed 0, the first 100 of quick's 300 episodes) in about 10 minutes on 2 cores. Its folder is
+# quick_episodes-100, and `python3 run.py --seeds 3` (the full comparison) reuses its Phases 1-2.
+SHORT_COMPARISON = ("--env", "navigation1", "--methods", "mesa,multitask,rrl,unconstrained", "--seeds", "1",
+                    "--episodes", "100")
+FULL_COMPARISON = "python3 run.py --seeds 3"
+SWEEP_DEFAULTS = {"env": ["navigation1"], "methods": ["all"], "seeds": ["2"], "preset": "quick"}
+
 CONFIG_DEFAULTS = {"episodes": None, "test_variant": "default", "mesa_variant": "paper", "test_fraction": 1.0,
                    "scale_inputs": True, "hidden": None}
 
@@ -143,14 +157,67 @@ def parse_seeds(values: list[str], parser) -> list[int]:
             parser.error(f"--seeds N needs N >= 1, got {seeds[0]}")
         return list(range(seeds[0]))
     if min(seeds) < 0:
-        parser.error("seeds must be >= 0")
+        parser.error(f"--seeds takes seeds >= 0, got {min(seeds)}")
     return list(dict.fromkeys(seeds))
+
+
+def apply_defaults(args: argparse.Namespace, parser) -> bool:
+    """Fill in the sweep options left unset: the short comparison where none of them is given (True),
+    else SWEEP_DEFAULTS."""
+    short = all(getattr(args, k) is None for k in ("env", "methods", "seeds", "seed", "episodes", "preset"))
+    if short:
+        given = vars(parser.parse_args(list(SHORT_COMPARISON)))
+        for key in ("env", "methods", "seeds", "episodes"):
+            setattr(args, key, given[key])
+    for key, default in SWEEP_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return short
+
+
+def writable(folder: str) -> str | None:
+    """None where files can be written in folder (made if missing); else why not."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        return f"{e.strerror or e}: {e.filename or folder}"
+    return None
+
+
+# ----------------------------------------------------------------------------- time estimates
+
+def announce(jobs: list[Job], todo: list[Job], workers: int, backend: str, ray_address: str | None,
+             missing: list[str]) -> None:
+    """One line before the sweep: how many runs, how many at a time, about how long, and which
+    environments' datasets are generated first."""
+    estimates = [timing.estimate_seconds(j) for j in todo]
+    known = [s for s in estimates if s is not None]
+    skipped = f" ({len(jobs) - len(todo)} finished, skipped)" if len(todo) < len(jobs) else ""
+    text = f"{len(todo)} run{'s' * (len(todo) != 1)} to do{skipped}"
+    if backend == "ray" and ray_address:
+        text += f" on the Ray cluster: {timing.duration(sum(known))} of one CPU" if known else " on the Ray cluster"
+    elif todo:
+        text += f", {min(workers, len(todo))} at a time"
+        if known:
+            text += f": {timing.duration(timing.schedule_seconds(known, workers))}"
+    if len(known) < len(todo):
+        unknown = f"{len(todo) - len(known)} of them not estimated" if known else "no estimate"
+        text += f"; {unknown} (timing.py has quick's times; other presets' come from your finished runs)"
+    if missing:
+        text += f"; first the datasets of {', '.join(missing)} (README: Environments and datasets, for their times)"
+    print(text, flush=True)
 
 
 # ----------------------------------------------------------------------------- the sweep
 
 def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle: no tracebacks
+    # pool.terminate()'s SIGTERM: exit through Python's cleanup, which hands back the semaphores this
+    # worker made (tqdm's lock), instead of leaving the resource tracker to warn of them
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     torch.set_num_threads(threads)
 
 
@@ -159,13 +226,19 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local"
     """Run the jobs one after another, in `workers` spawned processes, or as Ray tasks; print a line
     per run. Returns one line per failed job (only Ray goes on past a failure).
 
-    Ctrl-C stops the workers at once (KeyboardInterrupt reaches the caller); finished runs stay.
+    Ctrl-C stops the workers at once (KeyboardInterrupt reaches the caller; main turns SIGTERM into
+    one too); finished runs stay.
     """
+    done = []
+
     def line(r):
         j = r["job"]
-        score = f"success {r['success']:.2f}" if envs.HAS_SUCCESS[j.env] else f"last return {r['return']:.1f}"
-        print(f"done {j.env}/{j.method}/seed{j.seed}: {j.episodes} episodes, {r['violations']} violations, "
-              f"{score}, {r['seconds']:.0f} s", flush=True)
+        done.append(j)
+        rows = report.read_episodes(os.path.join(j.folder, "episodes.csv"))
+        score = f"success (last 10%) {report.final_value(rows['success']):.2f}" if envs.HAS_SUCCESS[j.env] \
+            else f"return (last 10%) {report.final_value(rows['return']):.1f}"
+        print(f"done {j.env}/{j.method}/seed{j.seed} ({len(done)} of {len(jobs)}): {j.episodes} episodes, "
+              f"{r['violations']} violations, {score}, {r['seconds']:.0f} s", flush=True)
     failures = []
     if backend == "ray":
         for job, result in ray_map(run_one, jobs, threads, ray_address, workers):
@@ -225,9 +298,64 @@ def pool_map(function, items: list, workers: int, threads: int, ordered: bool = 
         pool.join()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main process where Ctrl-C raises KeyboardInterrupt."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # a second SIGTERM must not cut the workers' cleanup short
+    raise Terminated()
+
+
+def datasets_cached(env: str, args) -> bool:
+    """Whether env's training sets and D_test are generated under --data-root (an unreadable manifest:
+    no; generating them says what is wrong)."""
+    try:
+        return all(f.is_cached() for f in datasets.file_jobs(env, args.preset, args.data_root, args.test_variant,
+                                                             DATA_SEED))
+    except (OSError, ValueError, KeyError, datasets.DatasetError):
+        return False
+
+
+def sweep(jobs: list[Job], env_names: list[str], methods: list[str], args, threads: int,
+          parser) -> tuple[list[str], list[Job]]:
+    """The unfinished jobs, checked for damaged files and announced, then the datasets, then the jobs;
+    (failure lines, jobs run). A damaged file, bad dataset or folder ends the command with one line
+    (exit status 2)."""
+    try:
+        todo = [j for j in jobs if not finished(j)]
+        for job in todo:
+            check_files(job)
+    except DamagedFile as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    for job in jobs:
+        if job not in todo:
+            print(f"skipped {job.env}/{job.method}/seed{job.seed}: finished ({job.folder}/episodes.csv)")
+    todo = timing.longest_first(todo)
+    missing = [env for env in env_names if todo and not datasets_cached(env, args)]
+    announce(jobs, todo, args.workers, args.backend, args.ray_address, missing)
+    try:   # datasets before the workers start: no two processes ever generate the same file
+        for env in env_names:
+            datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)
+            heldout_set(env, args.preset, args.data_root, args.test_variant)
+            if set(methods) & set(ORACLE_DATA_METHODS):
+                datasets.get_oracle(env, args.preset, args.data_root, args.test_variant, True, DATA_SEED)
+    except (datasets.DatasetError, ValueError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:
+        parser.exit(2, f"{parser.prog}: error: cannot write the datasets under --data-root {args.data_root} "
+                       f"({e.strerror or e}: {e.filename}): choose a folder you can write to\n")
+    todo = [dataclasses.replace(j, position=f"run {i} of {len(todo)}") for i, j in enumerate(todo, 1)]
+    try:
+        return run_jobs(todo, args.workers, threads, args.backend, args.ray_address), todo
+    except DamagedFile as e:     # only where a file was damaged after the check above
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
 def main(argv=None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    short = apply_defaults(args, parser)
     env_names = split_names(args.env, envs.ENV_NAMES, "environment", parser)
     methods = split_names(args.methods, METHODS + BASELINES, "method", parser)
     if args.methods == ["all"]:
@@ -256,6 +384,13 @@ def main(argv=None) -> None:
     threads = args.threads or 1
     torch.set_num_threads(threads)
     out = os.path.join(args.out, config_name(args))
+    why = writable(out)
+    if why is not None:
+        parser.exit(2, f"{parser.prog}: error: cannot write in --out {args.out} ({why}): choose a folder you can "
+                       "write to\n")
+    if short:
+        print(f"the short comparison ({' '.join(['python3 run.py', *SHORT_COMPARISON])}); "
+              f"the full one: {FULL_COMPARISON}", flush=True)
     print(f"configuration folder: {out}", flush=True)
 
     jobs = []   # seed by seed, so that an interrupted run leaves every method with as many seeds
@@ -270,29 +405,26 @@ def main(argv=None) -> None:
                                 args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
                                 args.scale_inputs, checkpoint_every=args.checkpoint_every,
                                 keep_checkpoint=args.keep_checkpoints, tensorboard=args.tensorboard))
-    try:   # datasets before the workers start: no two processes ever generate the same file
-        for env in env_names:
-            datasets.get_datasets(env, args.preset, args.data_root, args.test_variant, progress=True, seed=DATA_SEED)
-            heldout_set(env, args.preset, args.data_root, args.test_variant)
-            if set(methods) & set(ORACLE_DATA_METHODS):
-                datasets.get_oracle(env, args.preset, args.data_root, args.test_variant, True, DATA_SEED)
-    except (datasets.DatasetError, ValueError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-
-    todo = [j for j in jobs if not finished(j)]
-    for job in jobs:
-        if job not in todo:
-            print(f"skipped {job.env}/{job.method}/seed{job.seed}: finished ({job.folder}/episodes.csv)")
+    # SIGTERM (kill, a scheduler's stop) ends the sweep as Ctrl-C does: pool_map's cleanup ends the workers
+    previous_handler, stopped = signal.signal(signal.SIGTERM, _terminate), None
     try:
-        failures = run_jobs(todo, args.workers, threads, args.backend, args.ray_address)
-    except KeyboardInterrupt:
-        parser.exit(130, f"interrupted: finished runs are kept under {out}/; run the same command "
-                         "again to resume (finished runs are skipped, cached Phases 1-2 reused)\n")
+        failures, todo = sweep(jobs, env_names, methods, args, threads, parser)
+    except KeyboardInterrupt as stop:
+        stopped = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if stopped:   # out of the except block: its traceback, and with it the worker pool, is freed first
+        parser.exit(stopped[1], f"{stopped[0]}: finished runs are kept under {out}/; run the same command "
+                                "again to resume (finished runs are skipped, cached Phases 1-2 reused)\n")
     for env in env_names:
         env_dir = os.path.join(out, env)
         # every method with finished runs of these seeds, not only this command's: nothing drops out
         print(f"\n{report.summarise(env_dir, env, METHODS + BASELINES, seeds, envs.HAS_SUCCESS[env], args.preset)}")
+        print("final success rate and final return: the mean over each run's last 10% of episodes")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
+    if short:
+        print(f"\nthe full comparison (5 methods, 3 seeds, quick's 300 episodes; reuses these Phases 1-2): "
+              f"{FULL_COMPARISON}")
     if failures:
         parser.exit(1, f"{len(failures)} of {len(todo)} runs failed (lines above); the same command retries them\n")
 

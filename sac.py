@@ -60,13 +60,42 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256)) -> nn.Sequential:
-    """The one MLP builder of the project: Linear-ReLU blocks, then a linear output layer."""
-    layers, width = [], in_dim
+class WLinear(nn.Module):
+    """A linear layer whose weights are generated from a learned code (MACAW, Mitchell et al. 2021,
+    section 4; the layer of the MESA authors' safety critic, docs/mesa_variants.md).
+
+    theta = fc(z) with a code z in R^code_dim and fc an ordinary Linear(code_dim, in * out + out);
+    the layer computes x @ W + b with W = theta[:in * out] viewed as (in, out) and b = theta[in * out:].
+    z starts N(0, (1 / out)^2) and fc at PyTorch's default. z, fc.weight and fc.bias are all
+    parameters, so MAML adapts all three. Since theta is linear in fc.weight with input z, one
+    gradient step on fc moves W about (1 + |z|^2) times as far as the same step on a plain weight.
+    """
+
+    def __init__(self, in_features: int, out_features: int, code_dim: int = 100):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.z = nn.Parameter(torch.randn(code_dim) / out_features)
+        self.fc = nn.Linear(code_dim, in_features * out_features + out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        theta = self.fc(self.z)
+        n = self.in_features * self.out_features
+        return x @ theta[:n].view(self.in_features, self.out_features) + theta[n:]
+
+
+LAYERS = {"linear": nn.Linear, "wlinear": WLinear}
+
+
+def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256), layer: str = "linear") -> nn.Sequential:
+    """The one MLP builder of the project: layer-ReLU blocks, then an output layer of the same kind.
+
+    layer: "linear" (nn.Linear) or "wlinear" (WLinear, the MESA authors' critic layers).
+    """
+    kind, layers, width = LAYERS[layer], [], in_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]  # in place: one allocation less per layer
+        layers += [kind(width, h), nn.ReLU(inplace=True)]  # in place: one allocation less per layer
         width = h
-    layers.append(nn.Linear(width, out_dim))
+    layers.append(kind(width, out_dim))
     return nn.Sequential(*layers)
 
 

@@ -13,6 +13,8 @@ paper.py experiment is built from (a preset's job, dataset preparation, worker p
   eps_risk       Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS.
   long           Navigation 1 and HalfCheetah, Phase 3 continued from the comparison's cached Phases 1-2.
   raw_inputs     Navigation 1 without the input standardisation (run.py --no-scale-inputs).
+  paper_scale    HalfCheetah-Disabled and Ant-Disabled over the paper's 500 and 1000 Phase-3
+                 episodes (Figure 5): Unconstrained, RRL, Multi-Task, MESA and the authors' MESA.
 Each study is a function (out, preset, workers, data_root) -> the markdown table it reports.
 """
 from __future__ import annotations
@@ -384,3 +386,41 @@ def mesa_variants_table(summary: dict) -> str:
                          f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
                          f"{report.cell(s, 'final_return', '{:.1f} ± {:.1f}')} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the headline at the paper's scale
+
+PAPER_SCALE_SEEDS = {"halfcheetah": 5, "ant": 3}
+# (row, method, MESA variant): the methods of the paper's Figure 5 that run here, and MESA as its
+# authors' code ran it (WLinear critic; docs/mesa_variants.md)
+PAPER_SCALE_ROWS = (("unconstrained", "unconstrained", "paper"), ("rrl", "rrl", "paper"),
+                    ("multitask", "multitask", "paper"), ("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"))
+
+
+def paper_scale_job(env: str, method: str, variant: str, seed: int, out: str, preset: str,
+                    data_root: str) -> experiment.Job:
+    """One run of the headline: the preset's configuration with the paper's Phase-3 episodes
+    (presets.PAPER_EPISODES; smoke keeps its 2); the authors' variant under paper_scale/authors."""
+    folder = os.path.join(out, "paper_scale", *(["authors"] if variant == "authors" else []))
+    changes = presets.variant_changes(variant, env, method) if variant == "authors" else {}
+    episodes = presets.preset_config(env, preset)[1] if preset == "smoke" else presets.PAPER_EPISODES[env]
+    return job(env, method, seed, folder, preset, data_root, episodes=episodes, **changes)
+
+
+def paper_scale(out: str, preset: str, workers: int, data_root: str = "data",
+                env_names=tuple(PAPER_SCALE_SEEDS), seeds: int | None = None) -> str:
+    """Every row of PAPER_SCALE_ROWS on each environment over the paper's episodes, seed by seed (every
+    method's seed 0 before any seed 1, so an interrupted experiment has equal seeds per method);
+    finished runs are skipped and Phase 3 resumes from its checkpoints. Writes
+    <out>/paper_scale/<env>/summary.{md,json} and the figures over the whole run."""
+    tables = []
+    for env in env_names:
+        n = seeds or PAPER_SCALE_SEEDS[env]
+        jobs = {(row, s): paper_scale_job(env, method, variant, s, out, preset, data_root)
+                for s in range(n) for row, method, variant in PAPER_SCALE_ROWS}
+        prepare(env, preset, data_root)
+        run.run_jobs([j for j in jobs.values() if not experiment.finished(j)], workers, 1)
+        folders = {row: [jobs[row, s].folder for s in range(n)] for row, _, _ in PAPER_SCALE_ROWS}
+        tables.append(report.summarise(os.path.join(out, "paper_scale", env), env, None, None,
+                                       envs.HAS_SUCCESS[env], preset, folders=folders))
+    return "\n\n".join(tables)

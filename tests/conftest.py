@@ -1,4 +1,8 @@
-"""Shared test fixtures: a tiny constrained environment for the core algorithm's tests."""
+"""Shared test fixtures: a tiny constrained environment for the core algorithm's tests, and the
+optional extras' switch (require_extra)."""
+import importlib
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -50,3 +54,26 @@ def random_dataset(n, obs_dim, act_dim, violation_rate=0.1, seed=0):
         "terminals": np.zeros(n, bool),
         "timeouts": np.zeros(n, bool),
     }
+
+
+# The optional extras: what a test of each imports, and how to install it.
+EXTRAS = {"ray": ("ray", "pip install -r requirements-ray.txt"),
+          "tensorboard": ("torch.utils.tensorboard", "pip install tensorboard")}
+
+
+@pytest.fixture
+def require_extra():
+    """require_extra(name) imports an optional extra (EXTRAS) for a test of it. Where it is missing
+    the test is skipped with the reason, unless MESA_REQUIRE_EXTRAS names it ("ray,tensorboard") or
+    is 1 / all: then it fails, so that a machine that installed the extras (CI) proves their path."""
+    def require(name: str):
+        module, install = EXTRAS[name]
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            wanted = os.environ.get("MESA_REQUIRE_EXTRAS", "").replace(",", " ").split()
+            why = f"the optional extra {name} is not installed ({install}): {e}"
+            if name in wanted or "1" in wanted or "all" in wanted:
+                pytest.fail(f"{why}; MESA_REQUIRE_EXTRAS={os.environ['MESA_REQUIRE_EXTRAS']} requires it")
+            pytest.skip(why)
+    return require

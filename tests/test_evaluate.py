@@ -87,6 +87,20 @@ def test_bad_input_is_one_line(runs, argv, message, capsys):
     assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("name, argv", [("final.pt", []), ("config.json", []), ("phase2.pt", ["--levels"])])
+def test_a_damaged_file_is_one_line_naming_it(runs, tmp_path, capsys, name, argv):
+    import shutil
+    folder = tmp_path / "seed0"
+    shutil.copytree(runs / "navigation1" / "mesa" / "seed0", folder)
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[:len(data) // 2])                  # truncated
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([str(folder), "--episodes", "1", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{folder / name} is damaged" in err
+
+
 def test_video_is_written_or_the_missing_backend_named_in_one_line(runs, tmp_path):
     """A GIF where MuJoCo's offscreen renderer works; else exit 2 with one line naming MUJOCO_GL."""
     video = tmp_path / "cartpole.gif"

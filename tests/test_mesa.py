@@ -74,6 +74,50 @@ def test_second_order_meta_gradient_matches_finite_differences(learned_rates):
         assert analytic[-len(rho):].abs().min() > 1e-6      # every rate gets a gradient
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_meta_gradient_through_wlinear_layers_matches_finite_differences(heads):
+    """The authors' critic (sac.WLinear layers, optionally twin-headed): the second-order
+    meta-gradient w.r.t. z, fc.weight and fc.bias, checked at 60 random entries (there are ~13K)."""
+    torch.manual_seed(0)
+    q_risk = SafetyCritic(3, 2, hidden=(8, 8), layers="wlinear", heads=heads).double()
+    _, tasks = tiny_problem()
+    cfg = MetaConfig(inner_lr=0.05, inner_steps=2, second_order=True)
+    loss = lambda: meta_loss(q_risk, tasks, cfg)  # noqa: E731
+    params = list(q_risk.parameters())
+    analytic = torch.autograd.grad(loss(), params)
+    rng = np.random.default_rng(0)
+    names = [n for n, _ in q_risk.named_parameters()]
+    assert any(n.endswith(".z") for n in names) and any(n.endswith("fc.weight") for n in names)
+    for _ in range(60):
+        k = int(rng.integers(len(params)))
+        i = int(rng.integers(params[k].numel()))
+        flat, h = params[k].data.view(-1), 1e-6
+        flat[i] += h
+        plus = loss().item()
+        flat[i] -= 2 * h
+        minus = loss().item()
+        flat[i] += h
+        numeric = (plus - minus) / (2 * h)
+        assert analytic[k].view(-1)[i].item() == pytest.approx(numeric, rel=1e-4, abs=1e-9), (names[k], i)
+
+
+def test_inner_step_adapts_every_wlinear_parameter():
+    """functional_call's inner step moves z, fc.weight and fc.bias of every layer, and the adapted
+    critic's output is the one computed from the adapted parameters."""
+    torch.manual_seed(1)
+    q_risk = SafetyCritic(3, 2, hidden=(8, 8), layers="wlinear").double()
+    _, tasks = tiny_problem(n_tasks=1)
+    b_in, y_in, b_out, _ = tasks[0]
+    params = dict(q_risk.named_parameters())
+    fast = adapted_params(q_risk, params, b_in, y_in, MetaConfig(inner_lr=0.1))
+    assert fast.keys() == params.keys() and len(params) == 9      # 3 layers x (z, fc.weight, fc.bias)
+    assert all(not torch.equal(fast[n], params[n]) for n in params), [n for n in params if torch.equal(fast[n], params[n])]
+    adapted = SafetyCritic(3, 2, hidden=(8, 8), layers="wlinear").double()
+    adapted.load_state_dict({n: t.detach() for n, t in fast.items()})
+    expected = torch.func.functional_call(q_risk, fast, (b_out["obs"], b_out["act"]))
+    assert torch.allclose(adapted(b_out["obs"], b_out["act"]), expected, atol=1e-12)
+
+
 def test_learned_rates_start_at_alpha1_and_then_equal_the_fixed_inner_step():
     q_risk, tasks = tiny_problem()
     cfg = MetaConfig(inner_lr=0.3, inner_steps=2)

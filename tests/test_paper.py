@@ -178,3 +178,22 @@ def test_mesa_variants_runs_the_authors_variant_beside_the_comparisons_runs(tmp_
     assert table.count("| halfcheetah |") == 4 and "MESA (authors' variant)" in table
     again = studies.mesa_variants(out, "smoke", 1, data, env_names=("navigation1",), seeds=1)
     assert again.count("| halfcheetah |") == 4                      # a call on one env keeps the others
+
+
+def test_paper_scale_runs_every_row_over_the_papers_episodes_and_summarises_them(tmp_path):
+    out, data = str(tmp_path / "r"), str(tmp_path / "data")
+    quick = studies.paper_scale_job("ant", "mesa", "authors", 0, out, "quick", data)
+    assert quick.episodes == 1000 and quick.hp.recovery.layers == "wlinear" and quick.hp.sac.hidden == (128, 128)
+    assert quick.folder == str(tmp_path / "r" / "paper_scale" / "authors" / "ant" / "mesa" / "seed0")
+    assert studies.paper_scale_job("halfcheetah", "rrl", "paper", 0, out, "quick", data).episodes == 500
+    # the study is the same on every environment: Navigation 1 keeps the smoke run short
+    table = studies.paper_scale(out, "smoke", 1, data, env_names=("navigation1",), seeds=1)
+    summary = json.load(open(tmp_path / "r" / "paper_scale" / "navigation1" / "summary.json"))
+    assert summary["env"] == "navigation1"
+    assert set(summary["methods"]) == {row for row, _, _ in studies.PAPER_SCALE_ROWS}
+    for s in summary["methods"].values():
+        assert s["seeds"] == 1 and s["episodes"] == 2 and "critic_level" in s and "cumulative_violations_at" in s
+    assert summary["methods"]["mesa_authors"]["critic_level"]["d_test_after_phase2"]["safe_above_eps"] is not None
+    assert "MESA (authors' variant)" in table
+    assert (tmp_path / "r" / "paper_scale" / "navigation1" / "cumulative_violations.png").stat().st_size > 0
+    assert "paper_scale" not in paper.DEFAULT_PARTS        # days of compute: only when asked for

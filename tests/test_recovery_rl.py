@@ -8,9 +8,9 @@ from hypothesis.extra.numpy import arrays
 
 from conftest import random_dataset
 from mesa import FitConfig, fit
-from recovery_rl import (RecoveryConfig, Safety, learn_online, phase3_safety_buffer, phase3_step, recovery_filter,
-                         safety_bellman_target, sample_class_balanced)
-from sac import SAC, ReplayBuffer, SACConfig, set_seed
+from recovery_rl import (RecoveryConfig, Safety, SafetyCritic, learn_online, phase3_safety_buffer, phase3_step,
+                         recovery_filter, safety_bellman_target, safety_critic_loss, sample_class_balanced)
+from sac import SAC, ReplayBuffer, SACConfig, WLinear, set_seed
 
 unit = st.floats(0, 1, allow_nan=False, width=32)
 
@@ -221,3 +221,54 @@ def test_visited_buffer_records_every_executed_transition(line_env):
     assert len(visited) == episodes[-1]["env_steps"]
     ends = visited.arrays()["terminals"] | visited.arrays()["timeouts"]
     assert ends.sum() == 2 and ends[-1]
+
+
+def test_wlinear_forward_is_x_times_w_plus_b_with_w_and_b_generated_from_the_code():
+    torch.manual_seed(0)
+    layer = WLinear(5, 3, code_dim=7)
+    x = torch.randn(4, 5)
+    theta = layer.fc.weight @ layer.z + layer.fc.bias            # fc(z), written out
+    w, b = theta[:15].view(5, 3), theta[15:]
+    expected = torch.stack([torch.stack([sum(x[n, i] * w[i, j] for i in range(5)) + b[j] for j in range(3)])
+                            for n in range(4)])
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    assert layer.z.shape == (7,) and layer.fc.weight.shape == (18, 7)
+    assert {n for n, _ in layer.named_parameters()} == {"z", "fc.weight", "fc.bias"}
+
+
+def test_wlinear_code_starts_with_std_one_over_out_features():
+    torch.manual_seed(0)
+    codes = torch.stack([WLinear(4, 50).z for _ in range(40)])
+    assert codes.std().item() == pytest.approx(1 / 50, rel=0.05)
+
+
+def test_twin_head_critic_is_the_max_of_its_heads_and_trains_each_head():
+    torch.manual_seed(0)
+    critic = SafetyCritic(3, 2, hidden=(8,), heads=2)
+    obs, act = torch.randn(6, 3), torch.rand(6, 2)
+    heads = critic(obs, act, all_heads=True)
+    assert heads.shape == (2, 6) and not torch.equal(heads[0], heads[1])
+    assert torch.equal(critic(obs, act), torch.maximum(heads[0], heads[1]))
+    y = torch.rand(6)
+    expected = ((heads[0] - y) ** 2).mean() + ((heads[1] - y) ** 2).mean()
+    assert safety_critic_loss(heads, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    single = SafetyCritic(3, 2, hidden=(8,))
+    assert single(obs, act, all_heads=True).shape == (1, 6) and not hasattr(single, "twin")
+
+
+def test_twin_head_safety_targets_and_filter_use_the_larger_head():
+    cfg = RecoveryConfig(hidden=(8,), heads=2, eps_risk=0.5)
+    safety = Safety(3, 2, -np.ones(2), np.ones(2), cfg)
+    with torch.no_grad():     # head 1 says 0.9 everywhere (sigmoid(2.2)), head 0 about 0.1
+        safety.q_risk.twin[-1].weight.zero_()
+        safety.q_risk.twin[-1].bias.fill_(2.2)
+        safety.q_risk.net[-1].weight.zero_()
+        safety.q_risk.net[-1].bias.fill_(-2.2)
+    safety.q_risk_targ.load_state_dict(safety.q_risk.state_dict())
+    obs, act = torch.randn(4, 3), torch.zeros(4, 2)
+    batch = {"obs": obs, "act": act, "next_obs": obs, "cost": torch.zeros(4)}
+    targets = safety.targets(batch, lambda o: torch.zeros(len(o), 2))
+    assert torch.allclose(targets, torch.full((4,), 0.8 * torch.sigmoid(torch.tensor(2.2)).item()))
+    assert safety.filtered(obs, act)[1].all()
+    with pytest.raises(ValueError, match="heads"):
+        RecoveryConfig(heads=3)

@@ -1,9 +1,11 @@
 """run.py end to end on the smoke preset, its argument checks, and report.py's AUROC and labels."""
 import csv
 import dataclasses
+import glob
 import itertools
 import json
 import os
+import sys
 
 import copy
 
@@ -18,6 +20,7 @@ import presets
 import report
 import run
 import sac as sac_module
+import timing
 from recovery_rl import RecoveryConfig, Safety
 
 ENVS = ("navigation1", "cartpole")
@@ -130,6 +133,7 @@ def test_workers_run_jobs_in_parallel_processes(tmp_path, data_root):
     (["--sac-batch-size", "0"], "SAC batch size must be >= 1"),
     (["--meta-steps", "-1"], "meta steps must be >= 0"),
     (["--seeds", "x"], "--seeds takes integers"),
+    (["--seeds", "1,-2"], "--seeds takes seeds >= 0, got -2"),
     (["--test-fraction", "0"], "--test-fraction must lie in (0, 1]"),
     (["--meta-target", "psi"], "meta target must be one of lagged, current"),
     (["--mesa-variant", "theirs"], "invalid choice: 'theirs'"),
@@ -202,6 +206,25 @@ def test_paper_preset_is_the_paper():
     assert presets.preset_config("cartpole", "paper")[1] == 400
 
 
+def test_quick_keeps_every_methods_phase1_steps():
+    """No preset but smoke gives one method fewer Phase-1 or Phase-2 steps than the paper does."""
+    for env in ("navigation1", "cartpole", "halfcheetah", "ant"):
+        paper, quick = presets.preset_config(env, "paper")[0], presets.preset_config(env, "quick")[0]
+        for group in ("meta", "multitask", "rrl", "adapt"):
+            assert getattr(quick, group).steps == getattr(paper, group).steps, (env, group)
+    hc = presets.preset_config("halfcheetah", "quick")[0]
+    assert hc.meta.steps == hc.multitask.steps == 15000
+
+
+def test_critic_layers_and_heads_are_options_of_run():
+    args = vars(run.build_parser().parse_args(["--recovery-layers", "wlinear", "--recovery-heads", "2"]))
+    assert (args["recovery.layers"], args["recovery.heads"]) == ("wlinear", 2)
+    hp, _ = presets.job_config("navigation1", "rrl", "quick", "paper", {"recovery.heads": 2})
+    assert hp.recovery.heads == 2
+    with pytest.raises(ValueError, match="critic layers"):
+        presets.job_config("navigation1", "rrl", "quick", "paper", {"recovery.layers": "conv"})
+
+
 def test_composite_target_is_an_option_of_run(tmp_path, data_root):
     parser = run.build_parser()
     args = vars(parser.parse_args(["--recovery-target-policy", "composite"]))
@@ -217,10 +240,11 @@ def test_mesa_variant_authors_sets_every_item_and_nothing_else():
     assert (meta.learn_inner_lr, meta.inner_lr_lr, meta.outer_grad_clip, meta.pi_rec_lr, meta.target) == \
         (True, 1e-3, 40.0, 1e-4, "current")
     assert authors["mesa"].recovery.hidden == (100, 100, 100)                  # MESA's networks only
+    assert authors["mesa"].recovery.layers == "wlinear" and authors["multitask"].recovery.layers == "linear"
     assert authors["multitask"].multitask.phase2_with_train
     assert dataclasses.replace(meta, learn_inner_lr=False, outer_grad_clip=0.0, pi_rec_lr=0.0, target="lagged") == paper["mesa"].meta
     assert dataclasses.replace(authors["mesa"], meta=paper["mesa"].meta, recovery=paper["mesa"].recovery) == paper["mesa"]
-    assert dataclasses.replace(authors["mesa"].recovery, hidden=(128, 128)) == paper["mesa"].recovery
+    assert dataclasses.replace(authors["mesa"].recovery, hidden=(128, 128), layers="linear") == paper["mesa"].recovery
     assert dataclasses.replace(authors["multitask"].multitask, phase2_with_train=False) == paper["multitask"].multitask
     assert all(authors[m] == paper[m] for m in ("unconstrained", "rrl", "rrl_oracle"))
     assert not presets.job_config("navigation1", "multitask", "quick", "authors", {})[0].multitask.phase2_with_train
@@ -236,10 +260,11 @@ def test_default_configurations_keep_their_run_keys():
     """Fields added to the configs later leave the run keys of default configurations as they were
     (so finished runs and cached Phases 1-2 stay valid); the keys below predate those fields. MESA's
     keys changed deliberately with its Phase 2-3 target rate (meta.adapted_tau_risk), which enters
-    MESA's key alone."""
+    MESA's key alone; quick's Multi-Task keys on HalfCheetah and Ant with the paper's Phase-1 steps
+    (15000, no longer 3000)."""
     before = {("navigation1", "quick", "mesa"): ("ab4f92e650eea492", "e7296300cbb58a34"),
               ("navigation1", "paper", "multitask"): ("6bea9d50b0e4ac95", "515d42ea1052d85d"),
-              ("halfcheetah", "quick", "multitask"): ("609bcc04c5dc3dd5", "5508a4b37ef1c3a2"),
+              ("halfcheetah", "quick", "multitask"): ("5ea8fcf24f25115c", "3d24fd527773adb0"),
               ("halfcheetah", "paper", "mesa"): ("b4a2647c283442c0", "3116bc73940c25ed"),
               ("halfcheetah", "paper", "rrl"): ("e67188f13a3a7be4", "141e987b7611383a")}
     for (env, preset, method), keys in before.items():
@@ -262,8 +287,13 @@ def test_mesa_variant_authors_end_to_end(tmp_path, data_root):
         hp = json.loads((folder / "config.json").read_text())["hyperparameters"]
         assert hp["meta"]["learn_inner_lr"] == (method == "mesa") and hp["multitask"]["phase2_with_train"] == (method == "multitask")
         q_risk = torch.load(folder / "final.pt", weights_only=True)["safety"]["q_risk"]
-        widths = [w.shape[0] for name, w in q_risk.items() if name.endswith("weight")][:-1]
-        assert widths == ([100, 100, 100] if method == "mesa" else [16, 16])
+        if method == "mesa":   # WLinear layers: fc generates in * out + out numbers per layer
+            generated = [w.shape[0] for name, w in q_risk.items() if name.endswith("fc.weight")]
+            assert generated == [(5 + 1) * 100, (100 + 1) * 100, (100 + 1) * 100, 100 + 1]   # cartpole: 4 + 1 inputs
+            assert sum(name.endswith(".z") for name in q_risk) == 4
+        else:
+            widths = [w.shape[0] for name, w in q_risk.items() if name.endswith("weight")][:-1]
+            assert widths == [16, 16]
 
 
 def linear_critic(weight_on_first_coordinate: float) -> Safety:
@@ -316,11 +346,30 @@ def test_summary_json_has_every_field(sweep):
         auroc = s["critic_auroc"]
         keys = ("heldout_after_phase1", "heldout_after_phase2", "onpolicy_start", "onpolicy_final")
         assert set(keys) <= set(auroc)
+        level = s["critic_level"]
+        assert {"d_test_after_phase1", "d_test_after_phase2", "d_test_final"} <= set(level)
         if name == "unconstrained":
             assert all(auroc[k] is None for k in keys)
+            assert level["d_test_after_phase2"]["safe_above_eps"] is None
         else:
             assert auroc["heldout_after_phase2"] is not None
+            metrics = json.loads((sweep / "smoke" / "navigation1" / name / "seed0" / "metrics.json").read_text())
+            for place in ("d_test_after_phase1", "d_test_after_phase2", "d_test_final", "after_phase2", "onpolicy_final"):
+                assert 0 <= metrics["critic"][place]["safe_above_eps"] <= 1, (name, place)
+            assert level["d_test_after_phase2"]["safe_above_eps"] == metrics["critic"]["d_test_after_phase2"]["safe_above_eps"]
+            assert level["d_test_final"]["median_safe"] == metrics["critic"]["d_test_final"]["median_safe"]
     assert "oracle" in "rrl_oracle" and "rrl_oracle" in summary["methods"]
+
+
+def test_critic_level_on_a_constructed_buffer():
+    """Rows 3-5 are dangerous (horizon 2); Q_risk = sigmoid(obs[0]): the safe rows' scores are
+    sigmoid(0, .1, .2, .1, .2, .3, .4), of which those above eps_risk = 0.55 are sigmoid(.3), sigmoid(.4)."""
+    safety = linear_critic(+1.0)
+    safety.cfg.eps_risk = 0.55
+    visits = constructed_visits(np.array([0, .1, .2, .6, .7, .8, .1, .2, .3, .4]))
+    scores = experiment.critic_quality(safety, visits, lambda obs: torch.zeros(len(obs), 1))
+    assert scores["safe_above_eps"] == pytest.approx(2 / 7) and scores["unsafe_above_eps"] == 1.0
+    assert scores["median_safe"] == pytest.approx(torch.sigmoid(torch.tensor(0.2)).item())
 
 
 def test_rrl_oracle_pretrains_on_its_own_test_environment_data(sweep, data_root):
@@ -407,21 +456,38 @@ def test_progress_csv_logs_losses_filter_rate_and_speed(sweep):
         assert (rows[-1]["losses/risk_loss"] != "") == has_risk and rows[-1]["losses/qf_loss"] != ""
 
 
-def test_tensorboard_needs_its_package_or_writes_events(tmp_path, data_root, capsys):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(SystemExit) as exit_info:
-            smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "unconstrained", "--tensorboard")
-        assert exit_info.value.code == 2 and "pip install tensorboard" in capsys.readouterr().err
-    else:
+def test_tensorboard_without_its_package_is_one_line(tmp_path, data_root, capsys, monkeypatch):
+    real = run.importlib.util.find_spec
+    monkeypatch.setattr(run.importlib.util, "find_spec", lambda name: None if name == "tensorboard" else real(name))
+    with pytest.raises(SystemExit) as exit_info:
         smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "unconstrained", "--tensorboard")
-        assert list((tmp_path / "smoke" / "navigation1" / "unconstrained" / "seed0" / "tensorboard").iterdir())
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pip install tensorboard" in err and len(err.strip().splitlines()) == 1
 
 
-def test_ray_backend_gives_the_process_pools_results(tmp_path, data_root):
+def test_tensorboard_writes_events(tmp_path, data_root, require_extra):
+    require_extra("tensorboard")
+    smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "unconstrained", "--tensorboard")
+    assert list((tmp_path / "smoke" / "navigation1" / "unconstrained" / "seed0" / "tensorboard").iterdir())
+
+
+def test_a_missing_extra_skips_or_fails_as_mesa_require_extras_says(monkeypatch, require_extra):
+    monkeypatch.setitem(sys.modules, "ray", None)                   # import ray raises ImportError
+    monkeypatch.delenv("MESA_REQUIRE_EXTRAS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"ray is not installed \(pip install -r requirements-ray.txt\)"):
+        require_extra("ray")
+    for wanted in ("1", "ray", "tensorboard,ray", "all"):
+        monkeypatch.setenv("MESA_REQUIRE_EXTRAS", wanted)
+        with pytest.raises(pytest.fail.Exception, match="MESA_REQUIRE_EXTRAS"):
+            require_extra("ray")
+    monkeypatch.setenv("MESA_REQUIRE_EXTRAS", "tensorboard")       # names another extra: Ray's tests skip
+    with pytest.raises(pytest.skip.Exception):
+        require_extra("ray")
+
+
+def test_ray_backend_gives_the_process_pools_results(tmp_path, data_root, require_extra):
     """The smoke sweep as local Ray tasks writes the same episodes.csv files as the process pool."""
-    import ray  # noqa: F401  (requirements-ray.txt, which CI installs: missing Ray fails, never skips)
+    require_extra("ray")      # skipped without Ray, failed where MESA_REQUIRE_EXTRAS asks for it (CI)
     options = ("--env", "navigation1", "--methods", "rrl,unconstrained", "--seeds", "0,1")
     smoke(tmp_path / "pool", data_root, *options, "--workers", "2")
     smoke(tmp_path / "ray", data_root, *options, "--workers", "2", "--backend", "ray")
@@ -432,8 +498,8 @@ def test_ray_backend_gives_the_process_pools_results(tmp_path, data_root):
             assert a.read_text() == b.read_text()
 
 
-def test_ray_reports_a_failed_job_and_finishes_the_others():
-    import ray  # noqa: F401  (requirements-ray.txt, which CI installs: missing Ray fails, never skips)
+def test_ray_reports_a_failed_job_and_finishes_the_others(require_extra):
+    require_extra("ray")
     import math
     outcome = dict(run.ray_map(math.sqrt, [4.0, -1.0, 9.0], threads=1, local_cpus=2))
     assert outcome[4.0] == 2.0 and outcome[9.0] == 3.0
@@ -470,3 +536,157 @@ def test_default_output_leaves_tracked_files_alone():
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "runs/smoke" in done.stdout
     assert status() == before
+
+
+# ----------------------------------------------------------------------------- the first hour (issue 32)
+
+def test_no_sweep_option_runs_the_short_comparison():
+    """`python3 run.py` alone: Navigation 1, MESA against Multi-Task, RRL and Unconstrained SAC,
+    seed 0, 100 episodes, about 10 minutes by the measured times; any sweep option: the full defaults."""
+    parser = run.build_parser()
+    args = parser.parse_args(["--workers", "2"])
+    assert run.apply_defaults(args, parser)
+    assert (args.env, args.methods, args.seeds, args.episodes, args.preset) == \
+        (["navigation1"], ["mesa,multitask,rrl,unconstrained"], ["1"], 100, "quick")
+    assert run.config_name(args) == "quick_episodes-100"
+    jobs = [experiment.Job("navigation1", m, 0, "quick", presets.job_config("navigation1", m, "quick", "paper", {})[0],
+                           100, "/nonexistent/quick_episodes-100", "data", "default", "none")
+            for m in ("mesa", "multitask", "rrl", "unconstrained")]
+    ordered = timing.longest_first(jobs)
+    assert ordered[0].method == "mesa" and ordered[-1].method == "unconstrained"
+    assert 8 * 60 < timing.schedule_seconds([timing.estimate_seconds(j) for j in ordered], 2) < 13 * 60
+    assert timing.schedule_seconds([650, 200, 100, 10], 2) == 650 and timing.schedule_seconds([10, 100, 200, 650], 2) == 750
+    args = parser.parse_args(["--seeds", "3"])
+    assert not run.apply_defaults(args, parser)
+    assert (args.env, args.methods, args.seeds, args.episodes, args.preset) == \
+        (["navigation1"], ["all"], ["3"], None, "quick")
+
+
+def test_the_sweep_says_how_many_runs_how_long_and_which_run(tmp_path, data_root, capsys):
+    smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "rrl,unconstrained")
+    out = capsys.readouterr().out
+    assert "2 runs to do, 1 at a time; no estimate" in out
+    assert "done navigation1/rrl/seed0 (1 of 2):" in out and "done navigation1/unconstrained/seed0 (2 of 2):" in out
+    assert out.count("success (last 10%)") == 2 and "last 10% of episodes" in out
+    hp = presets.job_config("navigation1", "rrl", "smoke", "paper", {})[0]
+    job = experiment.Job("navigation1", "rrl", 1, "smoke", hp, 2, str(tmp_path / "smoke"), str(data_root), "default", "none")
+    assert timing.estimate_seconds(job) > 0             # from the finished runs' metrics.json
+    smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "rrl,unconstrained", "--seeds", "0,1")
+    out = capsys.readouterr().out
+    assert "2 runs to do (2 finished, skipped), 1 at a time: under a minute" in out
+
+
+def test_an_unwritable_out_is_one_line(data_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        smoke("/proc/mesa-out", data_root, "--env", "navigation1", "--methods", "unconstrained")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--out /proc/mesa-out" in err and len(err.strip().splitlines()) == 1
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_damaged_files_stop_with_one_line_and_lose_nothing(tmp_path, data_root, capsys):
+    """A truncated phase3.pt, phase2.pt or finished run's config.json: exit 2 with one line naming
+    the file and what to do, nothing overwritten; doing what it says lets the same command go on."""
+    options = ("--env", "navigation1", "--methods", "mesa", "--episodes", "3", "--checkpoint-every", "1",
+               "--keep-checkpoints")
+    smoke(tmp_path, data_root, *options)
+    folder = config_dir(tmp_path, *options[4:]) / "navigation1" / "mesa" / "seed0"
+    episodes = (folder / "episodes.csv").read_text()
+
+    def fails(name, *words):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            smoke(tmp_path, data_root, *options)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert str(folder / name) in err and all(w in err for w in words), err
+
+    truncate(folder / "config.json")
+    fails("config.json", "move", "away")
+    assert (folder / "episodes.csv").read_text() == episodes              # the finished run is kept
+    (folder / "episodes.csv").unlink()                                     # an interrupted run: phase3.pt at episode 2
+    truncate(folder / "phase3.pt")
+    fails("phase3.pt", "delete it")
+    (folder / "phase3.pt").unlink()
+    truncate(folder / "phase2.pt")
+    fails("phase2.pt", "delete it")
+    (folder / "phase2.pt").unlink()
+    smoke(tmp_path, data_root, *options)
+    assert "done navigation1/mesa/seed0" in capsys.readouterr().out
+    assert (folder / "episodes.csv").read_text() == episodes              # the same run again
+    truncate(folder / "phase2.pt")                                         # inside a worker: the same line
+    with pytest.raises(experiment.DamagedFile, match="phase2.pt is damaged"):
+        experiment.load_checkpoint(str(folder / "phase2.pt"), experiment.PHASE2_ADVICE)
+
+
+def process_children(pid):
+    """The ids of the live processes whose parent is pid (Linux /proc)."""
+    kids = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.split("/")[2]))
+    return kids
+
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc to find the workers")
+def test_sigterm_ends_the_workers_as_ctrl_c_does(tmp_path, data_root):
+    """SIGTERM to run.py alone (kill PID) while two workers run jobs: one line, exit status 143,
+    and no worker left running its job."""
+    import signal
+    import subprocess
+    import time
+    datasets.get_datasets("navigation1", "smoke", str(data_root))
+    experiment.heldout_set("navigation1", "smoke", str(data_root), "default")
+    argv = [sys.executable, "run.py", "--preset", "smoke", "--seeds", "2", "--workers", "2", "--env", "navigation1",
+            "--methods", "unconstrained", "--episodes", "100000", "--no-progress", "--out", str(tmp_path),
+            "--data-root", str(data_root)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    logs = [tmp_path / "smoke_episodes-100000" / "navigation1" / "unconstrained" / f"seed{s}" / "progress.csv"
+            for s in (0, 1)]
+    deadline = time.time() + 300
+    while time.time() < deadline and not all(p.exists() for p in logs):    # both workers in Phase 3
+        time.sleep(0.2)
+    kids = process_children(proc.pid)
+    assert len(kids) >= 2
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err and len(err.strip().splitlines()) == 1, err
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.2)
+    assert not any(alive(k) for k in kids)
+
+
+def test_figures_tell_lines_at_zero_apart_and_keep_the_legend_off_the_data():
+    runs = {m: [{"cumulative_violations": np.zeros(40), "success": np.zeros(40)}]
+            for m in ("mesa", "multitask", "rrl_oracle")}
+    runs["unconstrained"] = [{"cumulative_violations": np.arange(1.0, 41), "success": np.zeros(40)}]
+    fig = report.draw_figure(runs, [("cumulative_violations", "Cumulative violations"),
+                                    ("success", "Success rate (running mean)")], "test", window=4)
+    fig.canvas.draw()
+    lines = fig.axes[0].get_lines()
+    assert len({line.get_marker() for line in lines}) == len(runs)
+    at_zero = [line for line in lines if not line.get_ydata().any()]
+    assert len({line.get_markevery()[0] for line in at_zero}) == len(at_zero) == 3    # markers never coincide
+    assert fig.axes[1].get_ylabel() == "Success rate (running mean over 4 episodes)"
+    legend = fig.legends[0].get_window_extent()
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
