@@ -276,6 +276,45 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
     return out
 
 
+# ----------------------------------------------------------------------------- the paper's claim, with its uncertainty
+
+def ratio_interval(a, b, level: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) / mean(b) with a percentile-bootstrap interval, each method's seeds resampled apart.
+
+    With 3-5 seeds a bootstrap interval is too narrow (it never leaves the range of the few values
+    seen), so read it as a lower bound on the uncertainty. A resample whose mean(b) is 0 gives inf."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    num = a[rng.integers(0, len(a), (resamples, len(a)))].mean(1)
+    den = b[rng.integers(0, len(b), (resamples, len(b)))].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den > 0, num / np.where(den > 0, den, 1), np.inf)
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    point = a.mean() / b.mean() if b.mean() > 0 else float("inf")
+    return float(point), float(low), float(high)
+
+
+def claim_verdict(low: float, high: float) -> str:
+    """The written rule for "MESA has fewer cumulative violations than X" (paper: up to 2x fewer),
+    on the interval of mean(MESA) / mean(X): reproduced where it lies below 1, refuted where it lies
+    above 1, undecided where it holds 1."""
+    return "reproduced" if high < 1 else "refuted" if low > 1 else "undecided"
+
+
+def violation_ratios(by_method: dict, of: str = "mesa") -> dict:
+    """For each other method X: mean(of) / mean(X) of the final cumulative violations, its 95% interval
+    and the verdict of claim_verdict."""
+    if of not in by_method:
+        return {}
+    mine = [r["cumulative_violations"][-1] for r in by_method[of]]
+    out = {}
+    for other, runs in by_method.items():
+        if other != of:
+            point, low, high = ratio_interval(mine, [r["cumulative_violations"][-1] for r in runs])
+            out[other] = {"ratio": point, "ci95": [low, high], "verdict": claim_verdict(low, high)}
+    return out
+
+
 def cell(summary: dict, key: str, fmt: str = "{:.3f} ± {:.3f}") -> str:
     """summary[key] ± summary[key + "_se"] as text; "-" where there is no value."""
     return "-" if summary.get(key) is None else fmt.format(summary[key], summary[f"{key}_se"])
@@ -314,7 +353,7 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
     by_method, metrics = load_rows(folders) if folders is not None else load_runs(env_dir, methods, seeds)
     summary = {m: method_summary(by_method[m], metrics[m], has_success) for m in by_method}
     header = ["method", "seeds", "episodes", "cumulative violations", "violating episodes",
-              *(["final success rate"] if has_success else []), "final return",
+              *(["success rate (last 10% of episodes)"] if has_success else []), "return (last 10%)",
               "AUROC held-out (Phase 1 / 2)", "AUROC on-policy (start / end of Phase 3)",
               "safe D_test above eps_risk (Phase 1 / 2 / end)"]
     lines = [f"# {env}: mean ± standard error over seeds", "",
@@ -340,8 +379,16 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
              "eps_risk, after Phases 1 and 2 and at the end of Phase 3 (mean over seeds; - for runs "
              "made before it was recorded): where it is high, the filter fires on safe states.\n\n"
              "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
+    ratios = violation_ratios(by_method)
+    if ratios:
+        notes += ("\nMESA's cumulative violations over each other method's (ratio of means over seeds, 95% "
+                  "percentile-bootstrap interval, too narrow at 3-5 seeds; verdict: below 1 reproduced, "
+                  "above 1 refuted, else undecided): " + "; ".join(
+                      f"{LABELS.get(m, m)} {r['ratio']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] {r['verdict']}"
+                      for m, r in ratios.items()) + "\n")
     atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
-    write_json(os.path.join(env_dir, "summary.json"), {"env": env, "preset": preset, "methods": summary})
+    write_json(os.path.join(env_dir, "summary.json"), {"env": env, "preset": preset, "methods": summary,
+                                                         "mesa_violation_ratios": ratios})
     if by_method:
         title = f"{TITLES.get(env, env)} (mean ± s.e. over seeds)"
         _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method,

@@ -420,7 +420,7 @@ def main(argv=None) -> None:
         env_dir = os.path.join(out, env)
         # every method with finished runs of these seeds, not only this command's: nothing drops out
         print(f"\n{report.summarise(env_dir, env, METHODS + BASELINES, seeds, envs.HAS_SUCCESS[env], args.preset)}")
-        print("final success rate and final return: the mean over each run's last 10% of episodes")
+        print("success rate and return (last 10%): the mean over each run's last 10% of episodes")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
     if short:
         print(f"\nthe full comparison (5 methods, 3 seeds, quick's 300 episodes; reuses these Phases 1-2): "

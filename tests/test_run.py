@@ -690,3 +690,18 @@ def test_figures_tell_lines_at_zero_apart_and_keep_the_legend_off_the_data():
     import matplotlib.pyplot as plt
     plt.close(fig)
 
+
+
+def test_ratio_interval_and_the_written_verdict():
+    point, low, high = report.ratio_interval([10, 10, 10], [20, 20, 20])
+    assert (point, low, high) == (0.5, 0.5, 0.5)                      # no spread: the interval is the point
+    point, low, high = report.ratio_interval([1, 2, 3], [10, 20, 30])
+    assert point == pytest.approx(0.1) and low < 0.1 < high and high < 1
+    assert report.claim_verdict(low, high) == "reproduced"
+    assert report.claim_verdict(1.2, 3.0) == "refuted" and report.claim_verdict(0.6, 1.4) == "undecided"
+    assert report.ratio_interval([1, 1], [0, 0])[0] == float("inf")
+    runs = {m: [{"cumulative_violations": np.array([v])} for v in values]
+            for m, values in {"mesa": [5, 6, 7], "rrl": [50, 60, 70], "multitask": [4, 8, 9]}.items()}
+    ratios = report.violation_ratios(runs)
+    assert set(ratios) == {"rrl", "multitask"} and ratios["rrl"]["verdict"] == "reproduced"
+    assert ratios["multitask"]["verdict"] == "undecided"
