@@ -358,10 +358,16 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
     for env in env_names:
         prepare(env, preset, data_root)
     run.run_jobs([j for (env, _, _), j in jobs.items() if env in env_names and not experiment.finished(j)], workers, 1)
+    return mesa_variants_summary(out, preset, jobs)
+
+
+def mesa_variants_summary(out: str, preset: str, jobs: dict) -> str:
+    """<out>/mesa_variants/summary.{md,json} from the finished runs among jobs {(env, row, seed): job};
+    a folder holding a run of another configuration (an older run key) is left out."""
     summary = {env: {} for env in MESA_VARIANT_ENVS}
     for env in MESA_VARIANT_ENVS:
         for row, method, _ in MESA_VARIANT_ROWS:
-            folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row]
+            folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row and experiment.finished(j)]
             runs, metrics = report.load_folders(folders)
             if runs:
                 summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
@@ -374,7 +380,8 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
 
 def mesa_variants_table(summary: dict) -> str:
     lines = ["| env | method | seeds | AUROC held-out (Phase 1 / 2) | AUROC on-policy (start / end) "
-             "| cumulative violations | final return |", "|---|---|---|---|---|---|---|"]
+             "| safe D_test above eps_risk (Phase 1 / 2) | cumulative violations | final return |",
+             "|---|---|---|---|---|---|---|---|"]
     for env, rows in summary.items():
         for row, s in rows.items():
             a = s["critic_auroc"]
@@ -383,9 +390,16 @@ def mesa_variants_table(summary: dict) -> str:
                          f"{report.cell(a, 'heldout_after_phase2', '{:.2f} ± {:.2f}')} | "
                          f"{report.cell(a, 'onpolicy_start', '{:.2f} ± {:.2f}')} / "
                          f"{report.cell(a, 'onpolicy_final', '{:.2f} ± {:.2f}')} | "
+                         f"{level_cell(s, 'd_test_after_phase1')} / {level_cell(s, 'd_test_after_phase2')} | "
                          f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
                          f"{report.cell(s, 'final_return', '{:.1f} ± {:.1f}')} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n\nSafe D_test above eps_risk: the share of D_test's safe transitions whose "
+                               "Q_risk exceeds eps_risk (- for runs made before it was recorded).")
+
+
+def level_cell(s: dict, place: str) -> str:
+    """The share of safe transitions above eps_risk at a place of a method summary, as a percentage."""
+    return report.cell(s.get("critic_level", {}).get(place, {}), "safe_above_eps", "{:.0%}")
 
 
 # ----------------------------------------------------------------------------- the headline at the paper's scale
