@@ -7,8 +7,8 @@ paper.py experiment is built from (a preset's job, dataset preparation, worker p
   figure6        HalfCheetah-Disabled, MESA vs. Multi-Task: the first 1, 1/2, ..., 1/16 of D_test,
                  and the partial-power-loss test task (paper Figure 6, section 6.2).
   mesa_variants  MESA as the paper describes it vs. as its authors' code ran it (--mesa-variant
-                 authors), beside Multi-Task, on HalfCheetah, Ant and Navigation 1; the paper variants
-                 are the comparison's runs (docs/mesa_variants.md).
+                 authors), beside Multi-Task, on HalfCheetah, Ant, Navigation 1 and Cartpole; the
+                 paper variants are the comparison's runs (docs/mesa_variants.md).
   outer_lr       MESA's Phase-1 critic on HalfCheetah and Ant at outer learning rates OUTER_LRS.
   eps_risk       Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS.
   long           Navigation 1 and HalfCheetah, Phase 3 continued from the comparison's cached Phases 1-2.
@@ -321,7 +321,7 @@ def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> 
 
 # ----------------------------------------------------------------------------- MESA variants
 
-MESA_VARIANT_ENVS = ("halfcheetah", "ant", "navigation1")
+MESA_VARIANT_ENVS = ("halfcheetah", "ant", "navigation1", "cartpole")
 MESA_VARIANT_SEEDS = 3
 # (row name, method, variant): the paper variants are the comparison's own runs
 MESA_VARIANT_ROWS = (("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"),
