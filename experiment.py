@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import carl
 import datasets
 import envs
 import mesa
@@ -94,6 +95,8 @@ class Job:
                     del hp[group][name]
         if self.method not in BASELINES:     # absent: the other methods' keys stay as they were
             del hp["baseline"]
+        if self.method not in carl.CARL_METHODS:
+            del hp["carl"]
         if self.method != "mesa":            # MESA's alone (mesa.Hyperparameters.phase2_tau)
             del hp["meta"]["adapted_tau_risk"]
         if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
@@ -266,6 +269,8 @@ def cached_offline_phases(job: Job, key: str) -> dict | None:
 
 def run_one(job: Job) -> dict:
     """One (env, method, seed) run; writes its folder and returns a one-line summary's numbers."""
+    if job.method in carl.CARL_METHODS:
+        return run_carl(job)
     t_start = time.perf_counter()
     train, test, env, scale = load_inputs(job)
     agent, safety = fresh_networks(job, env)
@@ -322,6 +327,51 @@ def run_one(job: Job) -> dict:
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
             "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
             "seconds": info["timings"]["total"]}
+
+
+# ----------------------------------------------------------------------------- CARL, CARL-Offline
+
+def carl_phase1(job: Job, agent: carl.CARLAgent, train: list[dict], test: dict, bar) -> None:
+    """CARL: PETS in the training tasks (carl.pretrain_online). CARL-Offline: the offline training
+    datasets and D_test, and nothing else (carl.pretrain_offline)."""
+    if job.method == "carl":
+        carl.pretrain_online(job.env, agent, job.seed, callback=lambda episode: bar.update(1))
+    else:
+        carl.pretrain_offline(agent, [*train, test])
+        bar.update(1)
+
+
+def run_carl(job: Job) -> dict:
+    """One CARL or CARL-Offline run (carl.py): Phase 1, then Phase 3 in the test task; the same
+    episodes.csv, config.json and metrics.json as the other methods (no critic, so no critic scores).
+    Raw observations: the ensemble standardises its own inputs. No Phase-3 checkpoints."""
+    t_start = time.perf_counter()
+    train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
+    test = datasets.head(test, job.test_fraction)
+    task = envs.test_task(job.env, job.test_variant)
+    env = envs.make_env(job.env, task, **job.env_kwargs)
+    set_seed(job.seed)
+    agent = carl.CARLAgent(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
+                           env.action_space.high, job.hp.carl, carl.reward_function(job.env, task), job.seed)
+    with progress_bar(job, "phase1", job.hp.carl.pretrain_episodes + 1 if job.method == "carl" else 1) as bar:
+        carl_phase1(job, agent, train, test, bar)
+    timings = {"phase1": time.perf_counter() - t_start}
+    set_seed(job.seed)
+    t0, rows = time.perf_counter(), []
+    with progress_bar(job, "phase3", job.episodes) as bar:
+        for row in carl.learn_online(env, agent, job.episodes, job.seed, test if job.method == "carl_offline" else None):
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
+    env.close()
+    timings["phase3"] = time.perf_counter() - t0
+    os.makedirs(job.folder, exist_ok=True)
+    save_checkpoint({"key": job.key(), "carl": agent.state_dict()}, os.path.join(job.folder, "final.pt"))
+    timings["total"] = time.perf_counter() - t_start
+    write_run(job, {"timings": timings, "critic": {}}, rows)
+    return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
+            "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
+            "seconds": timings["total"]}
 
 
 def checkpoint_path(job: Job) -> str:

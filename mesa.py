@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import carl
 from baselines import BASELINES, USES_CRITIC, BaselineConfig, paper_config
 from recovery_rl import Policy, RecoveryConfig, Safety, safety_critic_loss
 from sac import ReplayBuffer, SACConfig, polyak_update, require
@@ -116,6 +117,7 @@ class Hyperparameters:
     rrl: FitConfig = field(default_factory=FitConfig)                           # Phase 1 on D_test
     adapt: FitConfig = field(default_factory=lambda: FitConfig(steps=500))     # Phase 2 (lr set per method)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)           # LR, SQRL, RSPO, RP, RCPO
+    carl: carl.CARLConfig = field(default_factory=carl.CARLConfig)             # CARL, CARL-Offline (carl.py)
 
     def phase2_lr(self, method: str) -> float:
         """Phase 2 and Phase 3 lr of Q_risk / pi_rec: alpha1 for MESA, eta for Multi-Task, RRL's own."""
@@ -163,6 +165,7 @@ def paper_hyperparameters(env: str) -> Hyperparameters:
     hp.recovery.gamma_risk = {"navigation2": 0.65, "maze": 0.5}.get(env, 0.8)
     hp.recovery.eps_risk = {"navigation1": 0.3, "ant": 0.3, "maze": 0.15}.get(env, 0.1)
     hp.baseline = paper_config(env)
+    hp.carl = carl.paper_config(env)
     return hp
 
 

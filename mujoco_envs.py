@@ -179,6 +179,7 @@ class HalfCheetahDisabled(_FaultMixin, HalfCheetahEnv):
     """HalfCheetah-v5 at 0.01 s per step with faulty joints; violation = "head" touches "floor"."""
 
     violation_geoms = ("head", "floor")
+    CONTROL_COST, ALIVE_BONUS = 0.05, 0.0     # reward x-velocity - 0.05 ||a||^2 (carl.py plans with them)
 
     def __init__(self, torque_scale=(1.0,) * 6, terminate_on_violation: bool = True, **kwargs):
         with settotalmass_accepted():
@@ -187,7 +188,7 @@ class HalfCheetahDisabled(_FaultMixin, HalfCheetahEnv):
         self.terminate_on_violation = terminate_on_violation
 
     def _reward(self, x_velocity, action):
-        return float(x_velocity - 0.05 * np.sum(action ** 2))
+        return float(x_velocity - self.CONTROL_COST * np.sum(action ** 2))
 
 
 # The original's Ant legs (ant_disabled.py reset_task): leg -> (hip joint, ankle joint, thigh geom,
@@ -234,6 +235,7 @@ class AntDisabled(_FaultMixin, AntEnv):
     "torso_geom" touches "floor". leg=None: a healthy ant."""
 
     violation_geoms = ("torso_geom", "floor")
+    CONTROL_COST, ALIVE_BONUS = 0.005, 0.05   # reward x-velocity - 0.005 ||a||^2 + 0.05 (carl.py plans with them)
 
     def __init__(self, leg=None, terminate_on_violation: bool = True, **kwargs):
         kwargs = {"frame_skip": ANT_FRAME_SKIP, "include_cfrc_ext_in_observation": False,
@@ -247,4 +249,4 @@ class AntDisabled(_FaultMixin, AntEnv):
         self.terminate_on_violation = terminate_on_violation
 
     def _reward(self, x_velocity, action):
-        return float(x_velocity - 0.005 * np.sum(action ** 2) + 0.05)
+        return float(x_velocity - self.CONTROL_COST * np.sum(action ** 2) + self.ALIVE_BONUS)

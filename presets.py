@@ -16,8 +16,10 @@ import dataclasses
 import inspect
 import re
 
+import carl
 import mesa
 from baselines import BaselineConfig
+from carl import CARLConfig
 from mesa import FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig
 from recovery_rl import RecoveryConfig
 from sac import SACConfig
@@ -43,6 +45,24 @@ SMOKE = {"sac.hidden": (16, 16), "recovery.hidden": (16, 16), "sac.batch_size": 
          "rrl.batch_size": 16, "adapt.batch_size": 16, "sac.start_steps": 20, "meta.steps": 3,
          "meta.tasks_per_step": 2, "multitask.steps": 3, "rrl.steps": 3, "adapt.steps": 3}
 
+# CARL's planner at CARL's sizes costs 2 s (HalfCheetah) to 17 s (Cartpole) per environment step on
+# one core here (docs/carl.md, "Cost"). Quick plans with a quarter of the candidates, half the
+# particles and three of the five CEM iterations, through a 2 x 200 ensemble (the first, a middle
+# and the last of CARL's weight decays); it keeps CARL's horizon, ensemble size, epochs and
+# pretraining episodes. Smoke: seconds.
+QUICK_CARL = {"carl.population": 100, "carl.elites": 10, "carl.iterations": 3, "carl.particles": 10,
+              "carl.hidden": (200, 200)}
+SMOKE_CARL = {"carl.population": 8, "carl.elites": 2, "carl.iterations": 1, "carl.particles": 2,
+              "carl.ensemble": 2, "carl.hidden": (8, 8), "carl.weight_decays": (1e-4, 1e-4, 1e-4),
+              "carl.horizon": 3, "carl.epochs": 1, "carl.pretrain_episodes": 1}
+
+
+def quick_carl(env: str) -> dict:
+    """QUICK_CARL with three of CARL's weight decays for env (one per layer of the 2 x 200 model)."""
+    decays = carl.paper_config(env).weight_decays
+    return {**QUICK_CARL, "carl.weight_decays": (decays[0], decays[len(decays) // 2], decays[-1])}
+
+
 # --mesa-variant: "paper" (the default) or "authors", MESA as its authors' code ran it
 # (docs/mesa_variants.md): six changes to MESA, among them its 3 x 100 networks and its critic of
 # WLinear layers (MESA's alone, as in that code), and Multi-Task's Phase 2 on training + test data
@@ -67,6 +87,7 @@ GROUPS = {  # Hyperparameters field -> (dataclass, what it configures)
     "adapt": (FitConfig, "Phase 2 adaptation on D_test (MESA, Multi-Task); lr: --meta-inner-lr / "
                          "--multitask-lr"),
     "baseline": (BaselineConfig, "Recovery RL's comparisons LR, SQRL, RSPO, RP, RCPO (baselines.py)"),
+    "carl": (CARLConfig, "CARL and CARL-Offline (carl.py): the ensemble, the CEM planner, the caution"),
 }
 SKIPPED = {"recovery.lr", "adapt.lr"}   # never used: each method sets its own lr (mesa.phase2_lr)
 
@@ -82,7 +103,7 @@ def preset_config(env: str, preset: str) -> tuple[Hyperparameters, int]:
     hp = mesa.paper_hyperparameters(env)
     if preset == "paper":
         return hp, PAPER_EPISODES[env]
-    changes = SMOKE if preset == "smoke" else QUICK
+    changes = {**SMOKE, **SMOKE_CARL} if preset == "smoke" else {**QUICK, **quick_carl(env)}
     return apply(hp, changes), 2 if preset == "smoke" else QUICK_EPISODES[env]
 
 

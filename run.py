@@ -30,6 +30,7 @@ import envs
 import report
 import timing
 from baselines import BASELINES
+from carl import CARL_METHODS
 from experiment import DATA_SEED, ORACLE_DATA_METHODS, DamagedFile, Job, check_files, finished, heldout_set, run_one
 from mesa import METHODS
 from presets import GROUPS, MESA_VARIANTS, SKIPPED, field_docs, job_config
@@ -44,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"environments, comma or space separated, or 'all': {', '.join(envs.ENV_NAMES)} "
                              "(default: navigation1)")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"subset of {', '.join(METHODS)} (default: all of these) and of Recovery RL's "
-                             f"comparisons {', '.join(BASELINES)}")
+                        help=f"subset of {', '.join(METHODS)} (default: all of these), of Recovery RL's "
+                             f"comparisons {', '.join(BASELINES)}, and the model-based {', '.join(CARL_METHODS)} "
+                             "(CARL, CARL-Offline: docs/carl.md)")
     parser.add_argument("--seeds", nargs="+", default=None,
                         help="one number N: the N seeds 0..N-1; several (or comma separated): exactly "
                              "those seeds (default: 2, i.e. seeds 0 and 1)")
@@ -99,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             kind = {"int": dict(type=int), "float": dict(type=float), "str": dict(type=str),
                     "bool": dict(action=argparse.BooleanOptionalAction),
-                    "tuple[int, ...]": dict(type=int, nargs="+")}[f.type]
+                    "tuple[int, ...]": dict(type=int, nargs="+"), "tuple[float, ...]": dict(type=float, nargs="+")}[f.type]
             section.add_argument(f"--{group}-{f.name.replace('_', '-')}", dest=f"{group}.{f.name}",
-                                 default=argparse.SUPPRESS, metavar={"tuple[int, ...]": "N"}.get(f.type, f.type.upper()),
+                                 default=argparse.SUPPRESS, metavar={"tuple[int, ...]": "N", "tuple[float, ...]": "X"}.get(f.type, f.type.upper()),
                                  help=docs.get(f.name, ""), **kind)
     return parser
 
@@ -357,9 +359,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     short = apply_defaults(args, parser)
     env_names = split_names(args.env, envs.ENV_NAMES, "environment", parser)
-    methods = split_names(args.methods, METHODS + BASELINES, "method", parser)
+    methods = split_names(args.methods, METHODS + BASELINES + CARL_METHODS, "method", parser)
     if args.methods == ["all"]:
-        methods = list(METHODS)      # the paper's comparison; the baselines are asked for by name
+        methods = list(METHODS)      # the paper's comparison; the baselines and CARL are asked for by name
     seeds = [args.seed] if args.seed is not None else parse_seeds(args.seeds, parser)
     if args.seed is not None and args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
@@ -419,7 +421,7 @@ def main(argv=None) -> None:
     for env in env_names:
         env_dir = os.path.join(out, env)
         # every method with finished runs of these seeds, not only this command's: nothing drops out
-        print(f"\n{report.summarise(env_dir, env, METHODS + BASELINES, seeds, envs.HAS_SUCCESS[env], args.preset)}")
+        print(f"\n{report.summarise(env_dir, env, METHODS + BASELINES + CARL_METHODS, seeds, envs.HAS_SUCCESS[env], args.preset)}")
         print("success rate and return (last 10%): the mean over each run's last 10% of episodes")
         print(f"summary and figures: {env_dir}/summary.md, cumulative_violations.png, learning_curve.png")
     if short:
