@@ -34,8 +34,10 @@ from torch.distributions import Normal
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+import carl
 import envs
 import mesa
+import presets
 from recovery_rl import Safety, phase3_step, safety_bellman_target, sample_class_balanced
 from sac import SAC, ReplayBuffer, soft_q_target
 
@@ -393,6 +395,62 @@ def sampling_cases(hp) -> list[Case]:
                  lambda: list_buffer.sample_balanced(BATCH, pos))]
 
 
+class LoopedEnsemble:
+    """Baseline ensemble call for CARL's planner: each member's layers in turn, in a python loop,
+    instead of one batched matmul over the members."""
+
+    def __init__(self, model: carl.ProbabilisticEnsemble):
+        self.model, self.members = model, model.members
+
+    def __call__(self, obs, act):
+        m, outs = self.model, []
+        for b in range(m.members):
+            x = (torch.cat([obs[b], act[b]], -1) - m.input_mean) / m.input_std
+            for i, layer in enumerate(m.layers):
+                x = x @ layer.weight[b] + layer.bias[b]
+                x = F.silu(x) if i < len(m.layers) - 1 else x
+            outs.append(x)
+        mean, logvar, logit = torch.stack(outs).split([m.obs_dim, m.obs_dim, 1], -1)
+        return mean, carl.bounded_logvar(logvar, m.min_logvar, m.max_logvar), logit
+
+
+def carl_case(name: str, preset: str, baseline: bool = True) -> Case:
+    """One MPC step of CARL (State) in env `name` at the preset's planner sizes: CEM whose every
+    model call is one batched pass over candidates x particles x members; the baseline loops over
+    the members."""
+    hp, _ = presets.preset_config(name, preset)
+    task = envs.test_task(name)
+    env = envs.make_env(name, task)
+    obs = env.reset(seed=0)[0]
+    agent = carl.CARLAgent(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
+                           env.action_space.high, hp.carl, carl.reward_function(name, task), 0)
+    looped = copy.copy(agent)
+    looped.model = LoopedEnsemble(agent.model)
+    c = hp.carl
+    label = (f"CARL plan (one env step), {name}, {preset}: {c.population} x {c.particles} particles x "
+             f"H {c.horizon} x {c.iterations} CEM iterations, {c.ensemble} x {c.hidden}")
+    return Case(label, lambda: agent.plan(obs, "state"), (lambda: looped.plan(obs, "state")) if baseline else None)
+
+
+def carl_update_case(name: str, preset: str) -> Case:
+    """One Adam step of CARL's ensemble (every member on its own batch), at the preset's sizes."""
+    hp, _ = presets.preset_config(name, preset)
+    model = carl.ProbabilisticEnsemble(OBS, ACT, hp.carl)
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp.carl.lr)
+    data = offline_data(10_000)
+    idx = np.random.default_rng(0).integers(0, 10_000, (hp.carl.ensemble, hp.carl.batch_size))
+    batch = {"obs": torch.from_numpy(data["observations"][idx]), "act": torch.from_numpy(data["actions"][idx]),
+             "next_obs": torch.from_numpy(data["next_observations"][idx]), "cost": torch.from_numpy(data["costs"][idx])}
+
+    def step():
+        loss = carl.model_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return Case(f"CARL ensemble update, {name} {preset}: {hp.carl.ensemble} x {hp.carl.hidden}, "
+                f"{hp.carl.batch_size} per member", step)
+
+
 # ----------------------------------------------------------------------------- report
 
 def fmt(x: float, spec: str) -> str:
@@ -426,7 +484,9 @@ def main(argv=None) -> dict:
     agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), hp.sac)  # the task policy inside Bellman targets
     meta = meta_cases(hp, agent)
     phase3 = phase3_case(hp)
-    hot = sac + [safety_case(hp, agent)] + meta + [phase3]
+    planners = [carl_case("cartpole", "quick"), carl_case("halfcheetah", "quick")] + \
+        ([] if args.quick else [carl_case("halfcheetah", "paper", baseline=False)])
+    hot = sac + [safety_case(hp, agent)] + meta + [phase3] + planners + [carl_update_case("halfcheetah", "quick")]
     cases = peaks + hot + [authors_meta_case(hp, agent)] + [env_case(name) for name in envs.ENV_NAMES] + sampling_cases(hp)
     for case in hot:
         case.flops = count_flops(case.ours)
@@ -461,6 +521,9 @@ def main(argv=None) -> dict:
 
     overhead = 1 - phase3.paired(updates.times["ours"])  # 1 - (time inside the updates) / step, per round
     print(f"Phase-3 step: {overhead:.1%} of it is outside the network updates (env step, filter, buffers, sampling)")
+    print("CARL's planner, seconds per environment step: " +
+          ", ".join(f"{c.name.split(':')[0].removeprefix('CARL plan (one env step), ')} {c.median('ours'):.3f}"
+                    for c in planners))
     results = {"SAC update >= 1.3x baseline": (rows[sac[0].name]["speedup"], TARGETS["sac_speedup"]),
                "second-order meta-step >= 45% of peak": (rows[meta[0].name]["peak_fraction"], TARGETS["meta2_peak_fraction"]),
                "Phase-3 overhead outside updates <= 10%": (overhead, TARGETS["phase3_overhead"])}
