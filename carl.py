@@ -268,7 +268,7 @@ def cautious_score(rewards: torch.Tensor, catastrophe_prob: torch.Tensor, cfg: C
                    risk: str) -> torch.Tensor:
     """What CEM maximises per candidate, from its particles' rewards and catastrophe probabilities
     (N, P, H): "state" E[R] - lambda g(A); "reward" the lower-tail mean of R; "none" E[R] (PETS)."""
-    returns = rewards.sum(-1)
+    returns = torch.nan_to_num(rewards.sum(-1), nan=-1e6)        # a diverged particle scores badly (MPC.py:350)
     if risk == "reward":
         return lower_tail_mean(returns, cfg.percentile)
     score = returns.mean(-1)
@@ -353,12 +353,14 @@ def run_episode(env, agent: CARLAgent, risk: str | None, buffer: ReplayBuffer, s
 def pretrain_online(name: str, agent: CARLAgent, seed: int, callback: Callable[[int], None] | None = None) -> dict:
     """CARL's Phase 1: one random episode, then cfg.pretrain_episodes PETS episodes (no caution), each
     in a training task drawn at random, that go on after a violation (CARL's training mode); the
-    model is refit on everything after each episode. Returns the transitions collected."""
+    model is refit on everything after each episode. The planner scores with each task's own reward
+    (CARL's Cartpole carries the pole length in its observation). Returns the transitions collected."""
     tasks, rng = envs.train_tasks(name, seed=0), np.random.default_rng(seed)
     steps = (agent.cfg.pretrain_episodes + 1) * envs.HORIZON[name]
-    buffer = None
+    buffer, test_reward = None, agent.reward_fn
     for episode in range(agent.cfg.pretrain_episodes + 1):
-        env = envs.make_env(name, tasks[rng.integers(len(tasks))], terminate_on_violation=False)
+        task = tasks[rng.integers(len(tasks))]
+        env, agent.reward_fn = envs.make_env(name, task, terminate_on_violation=False), reward_function(name, task)
         env.action_space.seed(seed + episode)
         if buffer is None:
             buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], steps, seed=seed)
@@ -367,6 +369,7 @@ def pretrain_online(name: str, agent: CARLAgent, seed: int, callback: Callable[[
         agent.fit(buffer.arrays())
         if callback is not None:
             callback(episode)
+    agent.reward_fn = test_reward
     return buffer.arrays()
 
 
