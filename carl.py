@@ -63,7 +63,7 @@ class CARLConfig:
     risk: str = "state"            # Phase-3 caution: "state" CARL (State), "reward" CARL (Reward), "none" (PETS)
     catastrophe_penalty: float = 10000.0  # lambda on the share of particles in catastrophe [cartpole.py:24]
     catastrophe_threshold: float = 0.5  # a predicted state is catastrophic where p > this [mbexp.py:79, MPC.py:345]
-    percentile: float = 50.0       # CARL (Reward) gamma: plan on the worst gamma% of particle returns [mbexp.py:79]
+    percentile: float = 50.0       # CARL (Reward) gamma: plan on the worst gamma per cent of particle returns [mbexp.py:79]
     pretrain_episodes: int = 50    # carl: planned episodes in training tasks, after one random [cartpole.py:17]
 
     def __post_init__(self):

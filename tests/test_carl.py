@@ -211,3 +211,21 @@ def test_both_methods_end_to_end_on_cartpole(tmp_path):
         assert rows[0].split(",") == list(experiment.report.COLUMNS) and len(rows) == 3
         assert (folder / method / "seed0" / "final.pt").exists()
     assert "carl_offline" in (folder / "summary.md").read_text()
+
+
+def test_run_help_lists_both_methods_and_every_carl_option(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    text = capsys.readouterr().out
+    assert "carl_offline" in text
+    for name in ("risk", "population", "particles", "horizon", "weight-decays", "pretrain-episodes"):
+        assert f"--carl-{name}" in text
+
+
+def test_presets_shrink_carl_only_where_documented():
+    paper, _ = presets.preset_config("halfcheetah", "paper")
+    quick, _ = presets.preset_config("halfcheetah", "quick")
+    assert (paper.carl.population, paper.carl.particles, paper.carl.horizon, paper.carl.hidden) == (500, 20, 10, (200,) * 4)
+    kept = ("horizon", "ensemble", "epochs", "catastrophe_penalty", "catastrophe_threshold", "pretrain_episodes", "lr")
+    assert all(getattr(quick.carl, k) == getattr(paper.carl, k) for k in kept)
+    assert quick.carl.weight_decays == (2.5e-5, 7.5e-5, 1e-4) and quick.carl.hidden == (200, 200)
