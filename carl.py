@@ -103,6 +103,7 @@ def reward_function(name: str, task: dict) -> RewardFn:
     the RMS distance of s' to the goal (point_envs.maze_goal_distance).
     """
     env = envs.make_env(name, task)
+    env.close()                                                     # only its constants are read
     raw = env.unwrapped
     if name == "cartpole":
         length = raw.length
@@ -204,11 +205,13 @@ def model_loss(model: ProbabilisticEnsemble, batch: dict) -> torch.Tensor:
 
 
 def fit(model: ProbabilisticEnsemble, optimizer: torch.optim.Optimizer, data: dict, epochs: float,
-        batch_size: int, rng: np.random.Generator) -> float:
+        batch_size: int, rng: np.random.Generator, input_statistics: bool = True) -> float:
     """`epochs` passes of Adam over `data` (a dict of numpy arrays): each member on its own
-    bootstrap of the rows, drawn with replacement (PETS section 4). Returns the last loss."""
+    bootstrap of the rows, drawn with replacement (PETS section 4). input_statistics: standardise
+    the inputs with this data's statistics first (Phase 1; fine-tuning keeps them). Returns the last loss."""
     n = len(data["observations"])
-    model.fit_input_statistics(np.concatenate([data["observations"], data["actions"]], 1))
+    if input_statistics:
+        model.fit_input_statistics(np.concatenate([data["observations"], data["actions"]], 1))
     rows = rng.integers(0, n, size=(model.members, n))
     arrays = {"obs": data["observations"], "act": data["actions"], "next_obs": data["next_observations"],
               "cost": data["costs"]}
@@ -311,9 +314,9 @@ class CARLAgent:
         """A new episode: the CEM mean starts mid-range again (MPC.py:271)."""
         self.previous = (self.low + self.high) / 2
 
-    def fit(self, data: dict, epochs: float | None = None) -> float:
+    def fit(self, data: dict, epochs: float | None = None, input_statistics: bool = True) -> float:
         return fit(self.model, self.optimizer, data, self.cfg.epochs if epochs is None else epochs,
-                   self.cfg.batch_size, self.rng)
+                   self.cfg.batch_size, self.rng, input_statistics)
 
     def plan(self, obs: np.ndarray, risk: str) -> np.ndarray:
         """CEM over H-step action sequences, warm-started from the last plan shifted by one step;
@@ -382,8 +385,10 @@ def pretrain_offline(agent: CARLAgent, datasets: list[dict]) -> float:
 
 def learn_online(env, agent: CARLAgent, n_episodes: int, seed: int, offline: dict | None = None) -> Iterator[dict]:
     """Phase 3: cautious MPC (cfg.risk) in the test environment, the model fine-tuned after every
-    episode for cfg.epochs passes over the test-environment data so far (offline: D_test, first).
-    Yields one episodes.csv row per episode; CARL has no recovery policy (recovery_fraction 0)."""
+    episode for cfg.epochs passes over the test-environment data so far (offline: D_test, first),
+    keeping Phase 1's input statistics (a few test transitions would otherwise rescale every input
+    the pretrained model knows). Yields one episodes.csv row per episode; CARL has no recovery
+    policy (recovery_fraction 0)."""
     capacity = n_episodes * env.spec.max_episode_steps
     buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], capacity, seed=seed)
     env.action_space.seed(seed)
@@ -394,5 +399,5 @@ def learn_online(env, agent: CARLAgent, n_episodes: int, seed: int, offline: dic
         data = buffer.arrays()
         if offline is not None:
             data = {k: np.concatenate([offline[k], data[k]]) for k in MODEL_FIELDS}
-        agent.fit(data)
+        agent.fit(data, input_statistics=False)
         yield {"episode": episode, "env_steps": env_steps, **row, "recovery_fraction": 0.0}

@@ -229,3 +229,13 @@ def test_presets_shrink_carl_only_where_documented():
     kept = ("horizon", "ensemble", "epochs", "catastrophe_penalty", "catastrophe_threshold", "pretrain_episodes", "lr")
     assert all(getattr(quick.carl, k) == getattr(paper.carl, k) for k in kept)
     assert quick.carl.weight_decays == (2.5e-5, 7.5e-5, 1e-4) and quick.carl.hidden == (200, 200)
+
+
+def test_fine_tuning_keeps_the_pretrained_input_statistics():
+    agent = carl.CARLAgent(4, 1, [-3.0], [3.0], dataclasses.replace(SMALL, epochs=1), lambda s, a, s2: s[..., 0], 0)
+    agent.fit(random_dataset(500, 4, 1))
+    before = agent.model.input_std.clone()
+    env = envs.make_env("cartpole", envs.test_task("cartpole"))
+    rows = list(carl.learn_online(env, agent, 1, seed=0))
+    assert len(rows) == 1 and rows[0]["recovery_fraction"] == 0.0
+    assert torch.equal(agent.model.input_std, before)   # not refitted to the few test transitions
