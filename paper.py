@@ -42,14 +42,15 @@ import evaluate  # noqa: E402
 import experiment  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
-import run  # noqa: E402
 import studies  # noqa: E402
 from sac import atomic_write  # noqa: E402
-from studies import job, prepare  # noqa: E402
+from studies import job, prepare, run_missing  # noqa: E402
 
 PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2", "figure6", "outer_lr", "eps_risk",
          "long", "raw_inputs", "paper_scale")
 DEFAULT_PARTS = PARTS[:-1]   # paper_scale runs for days (docs/results.md): only when asked for
+# the parts whose tables come from finished runs alone, which --summaries-only can rewrite
+SUMMARY_PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "long", "raw_inputs", "paper_scale")
 COMPARISON_SEEDS = 5
 
 
@@ -83,10 +84,8 @@ def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> s
     folder = os.path.join(out, "rrl_check")
     jobs = rrl_check_jobs(folder, preset, data_root)
     for env in RRL_CHECK_EPISODES:
-        prepare(env, jobs[0].preset, data_root)
-        datasets.get_oracle(env, jobs[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
-                            variant="rrl" if env == "navigation2" else "mesa")
-    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+        prepare(env, jobs[0].preset, data_root, oracle="rrl" if env == "navigation2" else "mesa")
+    run_missing(jobs, workers)
     return rrl_check_summary(folder, jobs)
 
 
@@ -99,7 +98,7 @@ def rrl_check_summary(folder: str, jobs: list[experiment.Job]) -> str:
         by_method, metrics = report.load_runs(env_dir, RRL_CHECK_METHODS, seeds)
         summary[env] = {RRL_CHECK_METHODS[m]: report.method_summary(by_method[m], metrics[m], True)
                         for m in by_method}
-    report.write_json(os.path.join(folder, "summary.json"), summary)
+    report.write_json(os.path.join(folder, "summary.json"), summary, strict=True)
     table = rrl_check_table(summary)
     atomic_write(os.path.join(folder, "summary.md"), table + "\n")
     return table
@@ -131,10 +130,8 @@ def rrl_baselines(out: str, preset: str, workers: int, data_root: str = "data", 
     jobs = [dataclasses.replace(j, out=folder, method=m) for j in check if j.method == "unconstrained"
             for m in baselines.BASELINES]
     for env in env_names:
-        prepare(env, every_check[0].preset, data_root)
-        datasets.get_oracle(env, every_check[0].preset, data_root, progress=True, seed=experiment.DATA_SEED,
-                            variant="rrl" if env == "navigation2" else "mesa")
-    run.run_jobs([j for j in check + jobs if not experiment.finished(j)], workers, 1)
+        prepare(env, every_check[0].preset, data_root, oracle="rrl" if env == "navigation2" else "mesa")
+    run_missing(check + jobs, workers)
     summary, by_env, seed_list = {}, {}, range(seeds)
     for env in RRL_CHECK_EPISODES:
         ours, ours_metrics = report.load_runs(os.path.join(folder, env), baselines.BASELINES, seed_list)
@@ -146,7 +143,7 @@ def rrl_baselines(out: str, preset: str, workers: int, data_root: str = "data", 
         for m in runs:
             summary[env][m]["final_success_violation_ratio"] = float(np.mean([r["success_violation_ratio"][-1] for r in runs[m]]))
         by_env[env] = runs
-    report.write_json(os.path.join(folder, "summary.json"), summary)
+    report.write_json(os.path.join(folder, "summary.json"), summary, strict=True)
     table = rrl_baselines_table(summary)
     atomic_write(os.path.join(folder, "summary.md"), table + "\n\n![ratio](success_violation_ratio.png)\n")
     plot_ratio(os.path.join(folder, "success_violation_ratio.png"), by_env)
@@ -203,12 +200,11 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
     seeds = range(n_seeds or comparison_seeds(preset))
     jobs = [job(env, m, s, out, preset, data_root) for env in env_names for s in seeds for m in mesa.METHODS]
     for env in env_names:
-        prepare(env, preset, data_root)
-        datasets.get_oracle(env, preset, data_root, progress=True, seed=experiment.DATA_SEED)
-    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+        prepare(env, preset, data_root, oracle="mesa")
+    run_missing(jobs, workers)
     for env in env_names:
         report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds, envs.HAS_SUCCESS[env], preset)
-        if env in evaluate.POINT_ENVS:
+        if env in evaluate.POINT_ENVS and not studies.SUMMARISE_ONLY:
             draw_paths(os.path.join(out, env), seeds)
     return comparison_table(out, envs.ENV_NAMES)
 
@@ -258,7 +254,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=None,
                         help="the comparison's and paper_scale's seeds 0..N-1 (default: comparison 3 for "
                              "quick, 5 for paper; paper_scale 5 HalfCheetah, 3 Ant)")
+    parser.add_argument("--summaries-only", action="store_true",
+                        help="run nothing: rewrite the summaries of the parts in --only from the finished "
+                             f"runs under --out ({', '.join(SUMMARY_PARTS)})")
     args = parser.parse_args(argv)
+    if args.summaries_only and set(args.only) - set(SUMMARY_PARTS):
+        parser.error(f"--summaries-only summarises runs only: {', '.join(sorted(set(args.only) - set(SUMMARY_PARTS)))} "
+                     f"computes more; choose among {', '.join(SUMMARY_PARTS)}")
+    studies.SUMMARISE_ONLY = args.summaries_only
     torch.set_num_threads(1)
     parts = {"rrl_check": rrl_check,
              "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds),

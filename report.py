@@ -26,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import stats  # noqa: E402
 from sac import atomic_write  # noqa: E402
 
 COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
@@ -45,8 +46,23 @@ TITLES = {"navigation1": "Navigation 1", "navigation2": "Navigation 2", "maze": 
 
 # ----------------------------------------------------------------------------- files
 
-def write_json(path: str, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+def write_json(path: str, obj, strict: bool = False) -> None:
+    """obj as JSON; strict (the summaries, for any reader): infinite and nan numbers become null,
+    so an unbounded interval end reads null (docs/statistics.md). Run files keep nan, which the
+    code reading them back expects."""
+    obj = _finite(obj) if strict else obj
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=float, allow_nan=not strict) + "\n")
+
+
+def _finite(obj):
+    """obj with every non-finite float replaced by None, through dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
 
 
 def episodes_csv(rows: list[dict]) -> str:
@@ -237,6 +253,8 @@ def _stat(out: dict, key: str, values) -> None:
     out[key], out[f"{key}_se"] = mean, se
 
 
+BOUNDS = {"cumulative_violations": (0, np.inf), "violation_rate": (0, 1), "final_success": (0, 1),
+          "final_return": (-np.inf, np.inf)}   # the values each summarised quantity can take
 VIOLATION_MARKS = (60, 100, 250)   # cumulative violations after these episodes: quick's 60 against longer runs
 CRITIC_PLACES = {"heldout_after_phase1": "after_phase1", "heldout_after_phase2": "after_phase2",
                  "onpolicy_start": "onpolicy_start", "onpolicy_final": "onpolicy_final"}
@@ -247,7 +265,8 @@ LEVEL_PLACES = {"d_test_after_phase1": "d_test_after_phase1", "d_test_after_phas
 
 
 def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> dict:
-    """One method's numbers over its seeds (summary.json): each a mean over seeds, with "_se".
+    """One method's numbers over its seeds (summary.json): each a mean over seeds, with "_se"; the
+    main four also per seed ("per_seed") and with a 95% interval of the mean ("ci95").
 
     violation_rate: share of episodes with a violation; success_rate_last100: success rate over the
     last 100 episodes (or all, if fewer); final_*: mean over the last 10% of episodes;
@@ -256,13 +275,17 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
     of safe transitions whose Q_risk exceeds eps_risk and their median Q_risk (report.critic_level).
     """
     out = {"seeds": len(runs), "episodes": int(min(len(r["episode"]) for r in runs))}
-    _stat(out, "cumulative_violations", [r["cumulative_violations"][-1] for r in runs])
+    out["per_seed"] = {"cumulative_violations": [float(r["cumulative_violations"][-1]) for r in runs],
+                       "violation_rate": [float(np.mean(r["violation"])) for r in runs],
+                       "final_return": [final_value(r["return"]) for r in runs],
+                       "final_success": [final_value(r["success"]) for r in runs] if has_success else []}
+    out["ci95"] = {}    # Student's t interval of the mean over seeds (stats.mean_interval; None for one seed)
+    for key, values in out["per_seed"].items():
+        _stat(out, key, values)
+        out["ci95"][key] = stats.mean_interval(values, bounds=BOUNDS[key]) if values else None
     out["cumulative_violations_at"] = {}    # after episode 60, 100, 250 (where the runs are that long)
     for mark in (m for m in VIOLATION_MARKS if m <= out["episodes"]):
         _stat(out["cumulative_violations_at"], str(mark), [r["cumulative_violations"][mark - 1] for r in runs])
-    _stat(out, "violation_rate", [np.mean(r["violation"]) for r in runs])
-    _stat(out, "final_return", [final_value(r["return"]) for r in runs])
-    _stat(out, "final_success", [final_value(r["success"]) for r in runs] if has_success else [])
     _stat(out, "success_rate_last100", [np.nanmean(r["success"][-100:]) for r in runs] if has_success else [])
     _stat(out, "recovery_fraction", [np.mean(r["recovery_fraction"]) for r in runs])
     out["critic_auroc"] = {}
@@ -276,43 +299,79 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
     return out
 
 
-# ----------------------------------------------------------------------------- the paper's claim, with its uncertainty
+# ----------------------------------------------------------------------------- the paper's claims, with their uncertainty
 
-def ratio_interval(a, b, level: float = 0.95, resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) / mean(b) with a percentile-bootstrap interval, each method's seeds resampled apart.
-
-    With 3-5 seeds a bootstrap interval is too narrow (it never leaves the range of the few values
-    seen), so read it as a lower bound on the uncertainty. A resample whose mean(b) is 0 gives inf."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    rng = np.random.default_rng(seed)
-    num = a[rng.integers(0, len(a), (resamples, len(a)))].mean(1)
-    den = b[rng.integers(0, len(b), (resamples, len(b)))].mean(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(den > 0, num / np.where(den > 0, den, 1), np.inf)
-    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    point = a.mean() / b.mean() if b.mean() > 0 else float("inf")
-    return float(point), float(low), float(high)
+# The paper's claims about cumulative violations (section 5): MESA has up to 2x fewer than every
+# other method on the robots, and is about as good as Multi-Task and better than RRL and
+# Unconstrained SAC on Navigation and Cartpole; Recovery RL's paper: RRL (given its own data, as
+# RRL-oracle is) has fewer than Unconstrained SAC.
+FEWER_BY_HALF = ("halfcheetah", "ant")
+AS_GOOD_AS_MULTITASK = ("navigation1", "navigation2", "cartpole")
 
 
-def claim_verdict(low: float, high: float) -> str:
-    """The written rule for "MESA has fewer cumulative violations than X" (paper: up to 2x fewer),
-    on the interval of mean(MESA) / mean(X): reproduced where it lies below 1, refuted where it lies
-    above 1, undecided where it holds 1."""
-    return "reproduced" if high < 1 else "refuted" if low > 1 else "undecided"
+def paper_claim(env: str, a: str, b: str) -> tuple[str, float] | None:
+    """(claim, the paper's factor) about rows a and b (stats.verdict), or None where it makes none.
+    Rows named mesa_* (e.g. the authors' variant) carry MESA's claims."""
+    if a.startswith("mesa") and env in FEWER_BY_HALF and b in ("unconstrained", "rrl", "multitask"):
+        return "fewer", 0.5
+    if a.startswith("mesa") and env in AS_GOOD_AS_MULTITASK and b in ("unconstrained", "rrl", "multitask"):
+        return ("as_few", 1.0) if b == "multitask" else ("fewer", 1.0)
+    if a in ("rrl", "rrl_oracle") and b == "unconstrained":
+        return "fewer", 1.0
+    return None
 
 
-def violation_ratios(by_method: dict, of: str = "mesa") -> dict:
-    """For each other method X: mean(of) / mean(X) of the final cumulative violations, its 95% interval
-    and the verdict of claim_verdict."""
-    if of not in by_method:
-        return {}
-    mine = [r["cumulative_violations"][-1] for r in by_method[of]]
+def comparison_pairs(rows) -> list[tuple[str, str]]:
+    """Every MESA row against every other row, and RRL (and RRL-oracle) against Unconstrained SAC."""
+    rows = list(rows)
+    pairs = [(a, b) for a in rows if a.startswith("mesa") for b in rows if not b.startswith("mesa")]
+    return pairs + [(rrl, "unconstrained") for rrl in ("rrl", "rrl_oracle") if rrl in rows and "unconstrained" in rows]
+
+
+def comparisons(env: str, summary: dict) -> dict:
+    """summary.json's "comparisons": per pair "a vs b", stats.compare on the per-seed final
+    cumulative violations and final returns, with the paper's claim where it makes one."""
     out = {}
-    for other, runs in by_method.items():
-        if other != of:
-            point, low, high = ratio_interval(mine, [r["cumulative_violations"][-1] for r in runs])
-            out[other] = {"ratio": point, "ci95": [low, high], "verdict": claim_verdict(low, high)}
+    for a, b in comparison_pairs(summary):
+        sa, sb = summary[a]["per_seed"], summary[b]["per_seed"]
+        claim = paper_claim(env, a, b)
+        out[f"{a} vs {b}"] = stats.compare(sa["cumulative_violations"], sb["cumulative_violations"],
+                                           sa["final_return"], sb["final_return"], *(claim or (None,)))
     return out
+
+
+def interval_text(low, high, fmt: str = "{:.2f}") -> str:
+    """[low, high] as text ("inf" for an unbounded end); "-" for no interval."""
+    if low is None:
+        return "-"
+    return "[" + ", ".join("inf" if v == float("inf") else fmt.format(v) for v in (low, high)) + "]"
+
+
+def comparisons_table(found: dict) -> str:
+    """The comparisons as a markdown table: ratio of cumulative violations with its interval,
+    P(fewer), difference of returns, the paper's claim, the verdict and the seeds needed."""
+    claim_text = lambda c: "-" if "claim" not in c else (  # noqa: E731
+        f"fewer (x{c['paper_effect']:g})" if c["claim"] == "fewer" and c["paper_effect"] < 1 else
+        "fewer" if c["claim"] == "fewer" else f"as few (at most x{stats.AS_FEW_MARGIN:.2f})")
+    lines = ["| comparison | seeds | cumulative violations a / b [95% CI] | P(a seed of a has fewer) | "
+             "return a - b [95% CI] | paper's claim | verdict | seeds needed |", "|" + "---|" * 8]
+    for pair, c in found.items():
+        a, b = pair.split(" vs ")
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f} {interval_text(*(c['ci95'] or [None, None]))}"
+        diff = "-" if c.get("return_difference") is None else \
+            f"{c['return_difference']:.1f} {interval_text(*c['return_difference_ci95'], fmt='{:.1f}')}"
+        lines.append(f"| {LABELS.get(a, a)} vs {LABELS.get(b, b)} | {c['seeds'][0]} / {c['seeds'][1]} | {ratio} | "
+                     f"{c['probability_fewer']:.2f} | {diff} | {claim_text(c)} | {c.get('verdict') or '-'} | "
+                     f"{c.get('seeds_needed') or '-'} |")
+    return "\n".join(lines)
+
+
+def interval_cell(summary: dict, key: str, fmt: str) -> str:
+    """summary[key] and its 95% interval as text, e.g. "29.7 [19.0, 40.4]" ("-" without a value)."""
+    if summary.get(key) is None:
+        return "-"
+    interval = summary["ci95"].get(key)
+    return fmt.format(summary[key]) + ("" if interval is None else " " + interval_text(*interval, fmt=fmt))
 
 
 def cell(summary: dict, key: str, fmt: str = "{:.3f} ± {:.3f}") -> str:
@@ -352,18 +411,20 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
     several configurations, e.g. a MESA variant beside the paper's)."""
     by_method, metrics = load_rows(folders) if folders is not None else load_runs(env_dir, methods, seeds)
     summary = {m: method_summary(by_method[m], metrics[m], has_success) for m in by_method}
-    header = ["method", "seeds", "episodes", "cumulative violations", "violating episodes",
+    header = ["method", "seeds", "episodes", "cumulative violations [95% CI]", "per seed", "violating episodes",
               *(["success rate (last 10% of episodes)"] if has_success else []), "return (last 10%)",
               "AUROC held-out (Phase 1 / 2)", "AUROC on-policy (start / end of Phase 3)",
               "safe D_test above eps_risk (Phase 1 / 2 / end)"]
-    lines = [f"# {env}: mean ± standard error over seeds", "",
+    lines = [f"# {env}: mean over seeds with Student's t 95% interval, or ± standard error", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, s in summary.items():
         a = s["critic_auroc"]
         cells = [LABELS.get(method, method), str(s["seeds"]), str(s["episodes"]),
-                 cell(s, "cumulative_violations", "{:.1f} ± {:.1f}"), cell(s, "violation_rate", "{:.2f} ± {:.2f}"),
-                 *([cell(s, "final_success", "{:.2f} ± {:.2f}")] if has_success else []),
-                 cell(s, "final_return", "{:.1f} ± {:.1f}"),
+                 interval_cell(s, "cumulative_violations", "{:.1f}"),
+                 ", ".join(f"{v:g}" for v in s["per_seed"]["cumulative_violations"]),
+                 cell(s, "violation_rate", "{:.2f} ± {:.2f}"),
+                 *([interval_cell(s, "final_success", "{:.2f}")] if has_success else []),
+                 interval_cell(s, "final_return", "{:.1f}"),
                  f"{cell(a, 'heldout_after_phase1')} / {cell(a, 'heldout_after_phase2')}",
                  f"{cell(a, 'onpolicy_start')} / {cell(a, 'onpolicy_final')}",
                  " / ".join(cell(s["critic_level"][p], "safe_above_eps", "{:.0%}") for p in
@@ -379,16 +440,16 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
              "eps_risk, after Phases 1 and 2 and at the end of Phase 3 (mean over seeds; - for runs "
              "made before it was recorded): where it is high, the filter fires on safe states.\n\n"
              "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
-    ratios = violation_ratios(by_method)
-    if ratios:
-        notes += ("\nMESA's cumulative violations over each other method's (ratio of means over seeds, 95% "
-                  "percentile-bootstrap interval, too narrow at 3-5 seeds; verdict: below 1 reproduced, "
-                  "above 1 refuted, else undecided): " + "; ".join(
-                      f"{LABELS.get(m, m)} {r['ratio']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] {r['verdict']}"
-                      for m, r in ratios.items()) + "\n")
+    found = comparisons(env, summary)
+    if found:
+        notes += ("\n## Comparisons\n\nThe ratio of mean final cumulative violations with Fieller's 95% "
+                  "interval, the share of seed pairs where a has fewer, the difference of final returns "
+                  "(Welch's 95% interval), and where the paper makes a claim about the pair its verdict by "
+                  "the written rule and the seeds per method a 5% test needs for 80% power "
+                  "(docs/statistics.md).\n\n" + comparisons_table(found) + "\n")
     atomic_write(os.path.join(env_dir, "summary.md"), table + notes)
     write_json(os.path.join(env_dir, "summary.json"), {"env": env, "preset": preset, "methods": summary,
-                                                         "mesa_violation_ratios": ratios})
+                                                         "comparisons": found}, strict=True)
     if by_method:
         title = f"{TITLES.get(env, env)} (mean ± s.e. over seeds)"
         _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method,

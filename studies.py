@@ -69,10 +69,26 @@ def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str,
                    data_root=data_root, progress="lines", **fields)
 
 
-def prepare(env: str, preset: str, data_root: str, variant: str = "default") -> None:
-    """Generate missing datasets before the workers start, so no two processes write one file."""
+# paper.py --summaries-only sets this: no dataset is made and no run is started; each part
+# summarises the runs it finds finished under --out (e.g. after report.py's statistics changed).
+SUMMARISE_ONLY = False
+
+
+def prepare(env: str, preset: str, data_root: str, variant: str = "default", oracle: str | None = None) -> None:
+    """Generate missing datasets before the workers start, so no two processes write one file
+    (with `oracle`, also the RRL-oracle's data of that generator variant)."""
+    if SUMMARISE_ONLY:
+        return
     datasets.get_datasets(env, preset, data_root, variant, progress=True, seed=experiment.DATA_SEED)
     experiment.heldout_set(env, preset, data_root, variant)
+    if oracle is not None:
+        datasets.get_oracle(env, preset, data_root, progress=True, seed=experiment.DATA_SEED, variant=oracle)
+
+
+def run_missing(jobs: list[experiment.Job], workers: int) -> None:
+    """Run the jobs that have not finished (none under SUMMARISE_ONLY); finished runs are kept."""
+    if not SUMMARISE_ONLY:
+        run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
 
 
 def reuse_offline_phases(out: str, jobs: list[experiment.Job]) -> None:
@@ -206,7 +222,7 @@ def figure6(out: str, preset: str, workers: int, data_root: str = "data") -> str
         for method in ("multitask", "mesa"):
             for seed in range(FIGURE6_SEEDS):
                 jobs.append(job("halfcheetah", method, seed, folder, preset, data_root, **change))
-    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+    run_missing(jobs, workers)
     lines = ["| condition | method | cumulative violations | final return | Q_risk AUROC after Phase 2 |",
              "|---|---|---|---|---|"]
     points = {}
@@ -280,7 +296,7 @@ def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> st
     jobs = [job("navigation1", m, s, folders[eps], preset, data_root, **{"recovery.eps_risk": eps})
             for eps in EPS_RISKS for m in methods for s in range(EPS_SEEDS)]
     reuse_offline_phases(out, jobs)
-    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+    run_missing(jobs, workers)
     lines = ["| eps_risk | method | cumulative violations | final success rate | recovery fraction |",
              "|---|---|---|---|---|"]
     for eps in EPS_RISKS:
@@ -304,7 +320,7 @@ def long_phase3(out: str, preset: str, workers: int, data_root: str = "data") ->
         jobs = [job(env, m, s, folder, preset, data_root, episodes=episodes)
                 for m in mesa.METHODS for s in range(LONG_SEEDS)]
         reuse_offline_phases(out, jobs)
-        run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+        run_missing(jobs, workers)
         tables.append(report.summarise(os.path.join(folder, env), env, mesa.METHODS, range(LONG_SEEDS),
                                        envs.HAS_SUCCESS[env]))
     return "\n\n".join(tables)
@@ -314,7 +330,7 @@ def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> 
     folder = os.path.join(out, "raw_inputs")
     jobs = [job("navigation1", m, s, folder, preset, data_root, scale_inputs=False)
             for m in mesa.METHODS for s in range(RAW_SEEDS)]
-    run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+    run_missing(jobs, workers)
     return report.summarise(os.path.join(folder, "navigation1"), "navigation1", mesa.METHODS,
                             range(RAW_SEEDS), True)
 
@@ -357,7 +373,7 @@ def mesa_variants(out: str, preset: str, workers: int, data_root: str = "data",
                     jobs[(env, row, s)] = j
     for env in env_names:
         prepare(env, preset, data_root)
-    run.run_jobs([j for (env, _, _), j in jobs.items() if env in env_names and not experiment.finished(j)], workers, 1)
+    run_missing([j for (env, _, _), j in jobs.items() if env in env_names], workers)
     return mesa_variants_summary(out, preset, jobs)
 
 
@@ -372,9 +388,12 @@ def mesa_variants_summary(out: str, preset: str, jobs: dict) -> str:
             if runs:
                 summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
     folder = os.path.join(out, "mesa_variants")
-    report.write_json(os.path.join(folder, "summary.json"), {"preset": preset, "envs": summary})
+    found = {env: report.comparisons(env, rows) for env, rows in summary.items() if rows}
+    report.write_json(os.path.join(folder, "summary.json"), {"preset": preset, "envs": summary, "comparisons": found},
+                      strict=True)
     table = mesa_variants_table(summary)
-    atomic_write(os.path.join(folder, "summary.md"), table + "\n")
+    atomic_write(os.path.join(folder, "summary.md"), table + "\n" + "".join(
+        f"\n## {report.TITLES[env]}: comparisons\n\n{report.comparisons_table(c)}\n" for env, c in found.items() if c))
     return table
 
 
@@ -433,7 +452,7 @@ def paper_scale(out: str, preset: str, workers: int, data_root: str = "data",
         jobs = {(row, s): paper_scale_job(env, method, variant, s, out, preset, data_root)
                 for s in range(n) for row, method, variant in PAPER_SCALE_ROWS}
         prepare(env, preset, data_root)
-        run.run_jobs([j for j in jobs.values() if not experiment.finished(j)], workers, 1)
+        run_missing(list(jobs.values()), workers)
         folders = {row: [jobs[row, s].folder for s in range(n)] for row, _, _ in PAPER_SCALE_ROWS}
         tables.append(report.summarise(os.path.join(out, "paper_scale", env), env, None, None,
                                        envs.HAS_SUCCESS[env], preset, folders=folders))

@@ -138,6 +138,29 @@ def test_comparison_writes_summary_json_table_and_paths(tmp_path):
     assert table.count("| navigation1 |") == len(paper.mesa.METHODS)
     pictures = list((tmp_path / "r" / "navigation1" / "paths").glob("*.png"))
     assert len(pictures) == len(paper.mesa.METHODS) * paper.comparison_seeds("smoke")
+    mesa_mt = summary["comparisons"]["mesa vs multitask"]
+    assert mesa_mt["claim"] == "as_few" and mesa_mt["verdict"] in ("reproduced", "refuted", "undecided")
+    assert set(summary["comparisons"]) == {f"mesa vs {m}" for m in paper.mesa.METHODS if m != "mesa"} | {
+        "rrl vs unconstrained", "rrl_oracle vs unconstrained"}
+    assert all(len(s["per_seed"]["cumulative_violations"]) == 3 for s in summary["methods"].values())
+
+
+def test_summaries_only_rewrites_the_summaries_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(studies, "SUMMARISE_ONLY", False)      # restored after the test: main sets it
+    out, data = tmp_path / "r", tmp_path / "data"
+    paper.comparison(str(out), "smoke", 1, str(data), env_names=("navigation1",), n_seeds=1)
+    first = (out / "navigation1" / "summary.json").read_text()
+    (out / "navigation1" / "summary.json").unlink()
+    before = sorted(p for p in tmp_path.rglob("*"))
+    paper.main(["--summaries-only", "--only", "comparison", "--env", "navigation1", "--seeds", "1",
+                "--preset", "smoke", "--out", str(out), "--data-root", str(tmp_path / "empty")])
+    assert (out / "navigation1" / "summary.json").read_text() == first
+    assert not (tmp_path / "empty").exists()                                  # no dataset made
+    after = sorted(p for p in tmp_path.rglob("*") if p.name not in ("summary.json", "RESULTS_comparison.md"))
+    assert after == [p for p in before if p.name != "RESULTS_comparison.md"]  # no run started, nothing else written
+    with pytest.raises(SystemExit) as stop:
+        paper.main(["--summaries-only", "--only", "figure2", "--out", str(out)])
+    assert stop.value.code == 2 and "figure2 computes more" in capsys.readouterr().err
 
 
 def test_rrl_baselines_runs_the_five_beside_rrl_and_writes_the_ratio(tmp_path):

@@ -334,7 +334,8 @@ def test_onpolicy_auroc_on_a_constructed_buffer():
 
 
 def test_summary_json_has_every_field(sweep):
-    summary = json.loads((sweep / "smoke" / "navigation1" / "summary.json").read_text())
+    text = (sweep / "smoke" / "navigation1" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda name: pytest.fail(f"summary.json is not strict JSON: {name}"))
     assert summary["env"] == "navigation1" and summary["preset"] == "smoke"
     assert set(summary["methods"]) == set(mesa.METHODS)
     for name, s in summary["methods"].items():
@@ -343,6 +344,7 @@ def test_summary_json_has_every_field(sweep):
         assert s["cumulative_violations"] == rows["cumulative_violations"][-1]
         for key in ("cumulative_violations", "violation_rate", "final_success", "final_return"):
             assert s[key] is not None and f"{key}_se" in s
+            assert s["per_seed"][key] == [s[key]] and s["ci95"][key] is None     # one seed: no interval
         auroc = s["critic_auroc"]
         keys = ("heldout_after_phase1", "heldout_after_phase2", "onpolicy_start", "onpolicy_final")
         assert set(keys) <= set(auroc)
@@ -692,16 +694,21 @@ def test_figures_tell_lines_at_zero_apart_and_keep_the_legend_off_the_data():
 
 
 
-def test_ratio_interval_and_the_written_verdict():
-    point, low, high = report.ratio_interval([10, 10, 10], [20, 20, 20])
-    assert (point, low, high) == (0.5, 0.5, 0.5)                      # no spread: the interval is the point
-    point, low, high = report.ratio_interval([1, 2, 3], [10, 20, 30])
-    assert point == pytest.approx(0.1) and low < 0.1 < high and high < 1
-    assert report.claim_verdict(low, high) == "reproduced"
-    assert report.claim_verdict(1.2, 3.0) == "refuted" and report.claim_verdict(0.6, 1.4) == "undecided"
-    assert report.ratio_interval([1, 1], [0, 0])[0] == float("inf")
-    runs = {m: [{"cumulative_violations": np.array([v])} for v in values]
-            for m, values in {"mesa": [5, 6, 7], "rrl": [50, 60, 70], "multitask": [4, 8, 9]}.items()}
-    ratios = report.violation_ratios(runs)
-    assert set(ratios) == {"rrl", "multitask"} and ratios["rrl"]["verdict"] == "reproduced"
-    assert ratios["multitask"]["verdict"] == "undecided"
+def test_the_papers_claims_and_the_pairs_every_summary_compares():
+    assert report.paper_claim("halfcheetah", "mesa", "multitask") == ("fewer", 0.5)
+    assert report.paper_claim("ant", "mesa_authors", "rrl") == ("fewer", 0.5)        # MESA's rows carry its claim
+    assert report.paper_claim("navigation1", "mesa", "multitask") == ("as_few", 1.0)
+    assert report.paper_claim("cartpole", "mesa", "unconstrained") == ("fewer", 1.0)
+    assert report.paper_claim("maze", "mesa", "rrl") is None                          # the paper shows no Maze comparison
+    assert report.paper_claim("halfcheetah", "mesa", "rrl_oracle") is None
+    assert report.paper_claim("maze", "rrl", "unconstrained") == ("fewer", 1.0)       # Recovery RL's own claim
+    pairs = report.comparison_pairs(["unconstrained", "rrl", "mesa", "mesa_authors", "multitask"])
+    assert pairs == [("mesa", "unconstrained"), ("mesa", "rrl"), ("mesa", "multitask"), ("mesa_authors", "unconstrained"),
+                     ("mesa_authors", "rrl"), ("mesa_authors", "multitask"), ("rrl", "unconstrained")]
+    per_seed = lambda v: {"per_seed": {"cumulative_violations": v, "final_return": [1.0, 2.0, 3.0]}}  # noqa: E731
+    found = report.comparisons("halfcheetah", {"mesa": per_seed([5, 6, 7]), "rrl": per_seed([50, 60, 70]),
+                                               "multitask": per_seed([4, 8, 9])})
+    assert set(found) == {"mesa vs rrl", "mesa vs multitask"}
+    assert found["mesa vs rrl"]["verdict"] == "reproduced" and found["mesa vs multitask"]["verdict"] == "undecided"
+    table = report.comparisons_table(found)
+    assert "| MESA vs RRL | 3 / 3 | 0.10 [" in table and "fewer (x0.5) | reproduced |" in table
