@@ -206,7 +206,7 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
         report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds, envs.HAS_SUCCESS[env], preset)
         if env in evaluate.POINT_ENVS and not studies.SUMMARISE_ONLY:
             draw_paths(os.path.join(out, env), seeds)
-    return comparison_table(out, envs.ENV_NAMES)
+    return comparison_table(out, envs.ENV_NAMES) + "\n\n" + claims_table(out, envs.ENV_NAMES)
 
 
 def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:
@@ -219,6 +219,28 @@ def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:
             if os.path.exists(os.path.join(folder, "final.pt")):
                 evaluate.main([folder, "--episodes", str(episodes), "--picture",
                                os.path.join(env_dir, "paths", f"{method}_seed{seed}.png")])
+
+
+def claims_table(out: str, env_names) -> str:
+    """One line per claim of the paper about a pair of methods, from each summary.json: the ratio of
+    mean cumulative violations with its interval, the paper's claim, the verdict by the written rule
+    and the seeds needed (docs/statistics.md)."""
+    lines = ["| env | claim | seeds | cumulative violations a / b [95% CI] | verdict | seeds needed |",
+             "|---|---|---|---|---|---|"]
+    for env in env_names:
+        path = os.path.join(out, env, "summary.json")
+        found = json.load(open(path)).get("comparisons", {}) if os.path.exists(path) else {}
+        for pair, c in found.items():
+            if c.get("claim") is None:
+                continue
+            a, b = (report.LABELS.get(m, m) for m in pair.split(" vs "))
+            size = " by 2x" if c["paper_effect"] == 0.5 else f" by {1 / c['paper_effect']:g}x" if c["paper_effect"] < 1 else ""
+            claim = f"{a} fewer than {b}{size}" if c["claim"] == "fewer" else f"{a} about as few as {b}"
+            ratio = "-" if c["ratio"] is None else \
+                f"{c['ratio']:.2f} {report.interval_text(*[float('inf') if v is None else v for v in c['ci95']])}"
+            lines.append(f"| {env} | {claim} | {c['seeds'][0]} / {c['seeds'][1]} | {ratio} | {c['verdict']} | "
+                         f"{c['seeds_needed'] or '-'} |")
+    return "\n".join(lines)
 
 
 def comparison_table(out: str, env_names) -> str:
