@@ -42,6 +42,7 @@ import evaluate  # noqa: E402
 import experiment  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
+import run  # noqa: E402
 import studies  # noqa: E402
 from sac import atomic_write  # noqa: E402
 from studies import job, prepare, run_missing  # noqa: E402
@@ -296,10 +297,16 @@ def main(argv=None) -> None:
                  *a, env_names=[e for e in studies.PAPER_SCALE_SEEDS if e in args.env], seeds=args.seeds)}
     for name in args.only:
         print(f"== {name}", flush=True)
+        stopped = None
         try:
-            table = parts[name](args.out, args.preset, args.workers, args.data_root)
+            with run.sigterm_as_interrupt():    # kill ends the workers as Ctrl-C does
+                table = parts[name](args.out, args.preset, args.workers, args.data_root)
         except (datasets.DatasetError, ValueError) as e:   # finished runs stay on disk
             parser.exit(2, f"{parser.prog}: error: {e}\n")
+        except KeyboardInterrupt as stop:
+            stopped = run.stop_status(stop)
+        if stopped:   # out of the except block: its traceback, and with it the worker pool, is freed first
+            parser.exit(stopped[1], f"{stopped[0]}: finished runs are kept under {args.out}/; the same command resumes\n")
         print(table, flush=True)
         atomic_write(os.path.join(args.out, f"RESULTS_{name}.md"), table + "\n")
     print(f"tables: {', '.join(os.path.join(args.out, f'RESULTS_{n}.md') for n in args.only)}")

@@ -15,6 +15,7 @@ A rerun with the same configuration skips finished runs and resumes interrupted 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -309,6 +310,22 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within it, SIGTERM (kill, a scheduler's stop) raises Terminated in the main process as Ctrl-C
+    raises KeyboardInterrupt, so that pool_map's cleanup ends the workers instead of orphaning them."""
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def stop_status(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """("terminated", 143) for SIGTERM, ("interrupted", 130) for Ctrl-C: the word and exit status."""
+    return ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+
+
 def datasets_cached(env: str, args) -> bool:
     """Whether env's training sets and D_test are generated under --data-root (an unreadable manifest:
     no; generating them says what is wrong)."""
@@ -407,14 +424,12 @@ def main(argv=None) -> None:
                                 args.test_variant, progress_mode(args.progress, args.workers), args.test_fraction,
                                 args.scale_inputs, checkpoint_every=args.checkpoint_every,
                                 keep_checkpoint=args.keep_checkpoints, tensorboard=args.tensorboard))
-    # SIGTERM (kill, a scheduler's stop) ends the sweep as Ctrl-C does: pool_map's cleanup ends the workers
-    previous_handler, stopped = signal.signal(signal.SIGTERM, _terminate), None
+    stopped = None
     try:
-        failures, todo = sweep(jobs, env_names, methods, args, threads, parser)
+        with sigterm_as_interrupt():    # kill ends the sweep as Ctrl-C does
+            failures, todo = sweep(jobs, env_names, methods, args, threads, parser)
     except KeyboardInterrupt as stop:
-        stopped = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        stopped = stop_status(stop)
     if stopped:   # out of the except block: its traceback, and with it the worker pool, is freed first
         parser.exit(stopped[1], f"{stopped[0]}: finished runs are kept under {out}/; run the same command "
                                 "again to resume (finished runs are skipped, cached Phases 1-2 reused)\n")

@@ -646,21 +646,29 @@ def alive(pid):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc to find the workers")
-def test_sigterm_ends_the_workers_as_ctrl_c_does(tmp_path, data_root):
-    """SIGTERM to run.py alone (kill PID) while two workers run jobs: one line, exit status 143,
-    and no worker left running its job."""
+@pytest.mark.parametrize("command", ["run.py", "paper.py"])
+def test_sigterm_ends_the_workers_as_ctrl_c_does(tmp_path, data_root, command):
+    """SIGTERM to run.py or paper.py alone (kill PID) while two workers run jobs: one line, exit
+    status 143, and no worker left running its job (paper.py once orphaned them)."""
     import signal
     import subprocess
     import time
     datasets.get_datasets("navigation1", "smoke", str(data_root))
     experiment.heldout_set("navigation1", "smoke", str(data_root), "default")
-    argv = [sys.executable, "run.py", "--preset", "smoke", "--seeds", "2", "--workers", "2", "--env", "navigation1",
-            "--methods", "unconstrained", "--episodes", "100000", "--no-progress", "--out", str(tmp_path),
-            "--data-root", str(data_root)]
+    if command == "run.py":
+        argv = [sys.executable, "run.py", "--preset", "smoke", "--seeds", "2", "--workers", "2", "--env", "navigation1",
+                "--methods", "unconstrained", "--episodes", "100000", "--no-progress", "--out", str(tmp_path),
+                "--data-root", str(data_root)]
+        folder = tmp_path / "smoke_episodes-100000" / "navigation1" / "unconstrained"
+    else:   # the long-Phase-3 study, made endless on Navigation 1: its first two jobs are Unconstrained SAC's
+        script = ("import sys, paper, studies; studies.LONG_EPISODES = {'navigation1': 100000}; "
+                  "paper.main(sys.argv[1:])")
+        argv = [sys.executable, "-c", script, "--only", "long", "--preset", "smoke", "--workers", "2",
+                "--out", str(tmp_path), "--data-root", str(data_root)]
+        folder = tmp_path / "long" / "navigation1" / "unconstrained"
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    logs = [tmp_path / "smoke_episodes-100000" / "navigation1" / "unconstrained" / f"seed{s}" / "progress.csv"
-            for s in (0, 1)]
+    logs = [folder / f"seed{s}" / "progress.csv" for s in (0, 1)]
     deadline = time.time() + 300
     while time.time() < deadline and not all(p.exists() for p in logs):    # both workers in Phase 3
         time.sleep(0.2)
