@@ -145,6 +145,11 @@ def test_comparison_writes_summary_json_table_and_paths(tmp_path):
     assert all(len(s["per_seed"]["cumulative_violations"]) == 3 for s in summary["methods"].values())
 
 
+def test_quick_runs_ten_seeds_where_runs_are_cheap():
+    assert [paper.comparison_seeds("quick", e) for e in ("navigation1", "navigation2", "maze", "halfcheetah")] == [10, 10, 3, 3]
+    assert paper.comparison_seeds("paper", "navigation1") == 5 and paper.comparison_seeds("smoke", "navigation1") == 3
+
+
 def test_summaries_only_rewrites_the_summaries_and_runs_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(studies, "SUMMARISE_ONLY", False)      # restored after the test: main sets it
     out, data = tmp_path / "r", tmp_path / "data"
