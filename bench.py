@@ -405,7 +405,7 @@ class LoopedEnsemble:
     def __call__(self, obs, act):
         m, outs = self.model, []
         for b in range(m.members):
-            x = (torch.cat([obs[b], act[b]], -1) - m.input_mean) / m.input_std
+            x = (m.inputs(obs[b], act[b]) - m.input_mean) / m.input_std
             for i, layer in enumerate(m.layers):
                 x = x @ layer.weight[b] + layer.bias[b]
                 x = F.silu(x) if i < len(m.layers) - 1 else x
@@ -423,7 +423,7 @@ def carl_case(name: str, preset: str, baseline: bool = True) -> Case:
     env = envs.make_env(name, task)
     obs = env.reset(seed=0)[0]
     agent = carl.CARLAgent(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
-                           env.action_space.high, hp.carl, carl.reward_function(name, task), 0)
+                           env.action_space.high, hp.carl, carl.reward_function(name, task), 0, carl.ANGLES.get(name, ()))
     looped = copy.copy(agent)
     looped.model = LoopedEnsemble(agent.model)
     c = hp.carl

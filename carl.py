@@ -6,6 +6,7 @@ Dynamics Models") made cautious:
 - A probabilistic ensemble of B networks (PETS section 4). Each predicts a Gaussian over the change
   of state and, as in CARL's code, a catastrophe logit; trained by Gaussian negative log-likelihood
   plus a class-weighted cross-entropy on the cost label, each member on its own bootstrap of the data.
+  On Cartpole it sees the pole angle as its sine and cosine, as CARL's does.
 - Trajectory sampling TS-inf (PETS section 5): P particles per candidate action sequence, each bound
   to one member for the whole horizon, sampled from that member's Gaussian at every step.
 - MPC with the cross-entropy method over action sequences (PETS section 5), replanned every step.
@@ -41,6 +42,7 @@ from sac import ReplayBuffer, require
 CARL_METHODS = ("carl", "carl_offline")
 RISKS = ("state", "reward", "none")
 MODEL_FIELDS = ("observations", "actions", "next_observations", "costs")   # what the ensemble learns from
+ANGLES = {"cartpole": (1,)}    # observation columns the ensemble sees as sine and cosine (config/cartpole.py:45-51)
 RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (s, a, s') -> r
 
 
@@ -139,32 +141,48 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+def angle_features(obs: torch.Tensor, angles: tuple[int, ...]) -> torch.Tensor:
+    """obs with its angle columns replaced by their sines and cosines, so that a pole that has
+    turned over stays near where it started (CARL's Cartpole input, config/cartpole.py:45-51)."""
+    if not angles:
+        return obs
+    keep = [i for i in range(obs.shape[-1]) if i not in angles]
+    theta = obs[..., list(angles)]
+    return torch.cat([obs[..., keep], torch.sin(theta), torch.cos(theta)], -1)
+
+
 class ProbabilisticEnsemble(nn.Module):
     """B networks f_b(s, a) -> (mean of s' - s, log variance of s' - s, catastrophe logit)
     (PETS section 4: a probabilistic ensemble; the catastrophe head is CARL's).
 
-    Inputs are standardised with statistics of the training data (fit_input_statistics); the log
-    variance is softly bounded between learned limits, initially -10 and 0.5 (PETS's code)."""
+    Inputs (angle_features of s, then a) are standardised with statistics of the training data
+    (fit_input_statistics); the log variance is softly bounded between learned limits, initially
+    -10 and 0.5 (PETS's code)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: CARLConfig):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: CARLConfig, angles: tuple[int, ...] = ()):
         super().__init__()
-        self.obs_dim, self.members = obs_dim, cfg.ensemble
-        widths = (obs_dim + act_dim, *cfg.hidden, 2 * obs_dim + 1)
+        self.obs_dim, self.members, self.angles = obs_dim, cfg.ensemble, tuple(angles)
+        in_dim = obs_dim + len(self.angles) + act_dim
+        widths = (in_dim, *cfg.hidden, 2 * obs_dim + 1)
         self.layers = nn.ModuleList(EnsembleLinear(cfg.ensemble, i, o) for i, o in zip(widths[:-1], widths[1:]))
         self.weight_decays = cfg.weight_decays
-        self.register_buffer("input_mean", torch.zeros(obs_dim + act_dim))
-        self.register_buffer("input_std", torch.ones(obs_dim + act_dim))
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+        self.register_buffer("input_std", torch.ones(in_dim))
         self.max_logvar = nn.Parameter(torch.full((obs_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((obs_dim,), -10.0))
 
-    def fit_input_statistics(self, inputs: np.ndarray) -> None:
-        std = inputs.std(0)
-        self.input_mean.copy_(torch.as_tensor(inputs.mean(0)))
-        self.input_std.copy_(torch.as_tensor(np.where(std < 1e-12, 1.0, std)))
+    def inputs(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return torch.cat([angle_features(obs, self.angles), act], -1)
+
+    def fit_input_statistics(self, obs: np.ndarray, act: np.ndarray) -> None:
+        inputs = self.inputs(torch.as_tensor(obs, dtype=torch.float64), torch.as_tensor(act, dtype=torch.float64))
+        std = inputs.std(0, unbiased=False)
+        self.input_mean.copy_(inputs.mean(0))
+        self.input_std.copy_(torch.where(std < 1e-12, 1.0, std))
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor):
         """obs (B, N, obs_dim), act (B, N, act_dim) -> mean, log variance (B, N, obs_dim), logit (B, N, 1)."""
-        x = (torch.cat([obs, act], -1) - self.input_mean) / self.input_std
+        x = (self.inputs(obs, act) - self.input_mean) / self.input_std
         for layer in self.layers[:-1]:
             x = F.silu(layer(x))                                   # swish
         out = self.layers[-1](x)
@@ -211,7 +229,7 @@ def fit(model: ProbabilisticEnsemble, optimizer: torch.optim.Optimizer, data: di
     the inputs with this data's statistics first (Phase 1; fine-tuning keeps them). Returns the last loss."""
     n = len(data["observations"])
     if input_statistics:
-        model.fit_input_statistics(np.concatenate([data["observations"], data["actions"]], 1))
+        model.fit_input_statistics(data["observations"], data["actions"])
     rows = rng.integers(0, n, size=(model.members, n))
     arrays = {"obs": data["observations"], "act": data["actions"], "next_obs": data["next_observations"],
               "cost": data["costs"]}
@@ -301,9 +319,10 @@ def cem(score_fn: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor, va
 class CARLAgent:
     """The ensemble, its optimizer and the MPC planner; plan() is one step of MPC."""
 
-    def __init__(self, obs_dim: int, act_dim: int, low, high, cfg: CARLConfig, reward_fn: RewardFn, seed: int):
+    def __init__(self, obs_dim: int, act_dim: int, low, high, cfg: CARLConfig, reward_fn: RewardFn, seed: int,
+                 angles: tuple[int, ...] = ()):
         self.cfg, self.reward_fn = cfg, reward_fn
-        self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg)
+        self.model = ProbabilisticEnsemble(obs_dim, act_dim, cfg, angles)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.low = torch.as_tensor(low, dtype=torch.float32).expand(cfg.horizon, -1)
         self.high = torch.as_tensor(high, dtype=torch.float32).expand(cfg.horizon, -1)

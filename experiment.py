@@ -141,8 +141,9 @@ class ProgressLines:
     """Progress as periodic one-line reports (for parallel workers, where bars would interleave):
     run, phase, count, speed and ETA every `every` seconds and when the phase ends."""
 
-    def __init__(self, label: str, total: int, every: float = 30.0):
-        self.label, self.total, self.every, self.count, self.postfix = label, total, every, 0, ""
+    def __init__(self, label: str, total: int, every: float = 30.0, initial: int = 0):
+        self.label, self.total, self.every, self.postfix = label, total, every, ""
+        self.count = self.initial = initial     # a resumed run starts at its checkpoint's count
         self.t0 = self.last = time.perf_counter()
 
     def __enter__(self):
@@ -163,19 +164,20 @@ class ProgressLines:
     def _print(self) -> None:
         self.last = time.perf_counter()
         elapsed = self.last - self.t0
-        rate = self.count / elapsed if elapsed > 0 else 0.0
+        rate = (self.count - self.initial) / elapsed if elapsed > 0 else 0.0     # this process's speed
         eta = (self.total - self.count) / rate if rate > 0 else float("nan")
         extra = f", {self.postfix}" if self.postfix else ""
         print(f"{self.label} {self.count}/{self.total}, {rate:.2f}/s, {elapsed / 60:.1f} min, "
               f"ETA {eta / 60:.1f} min{extra}", file=sys.stderr, flush=True)
 
 
-def progress_bar(job: Job, phase: str, total: int):
-    """A tqdm bar (one worker), periodic lines (several workers) or nothing (--no-progress)."""
+def progress_bar(job: Job, phase: str, total: int, initial: int = 0):
+    """A tqdm bar (one worker), periodic lines (several workers) or nothing (--no-progress); a
+    resumed phase starts at `initial`, and its speed and ETA count only what this process did."""
     label = f"{job.env}/{job.method}/seed{job.seed} {phase}" + (f" ({job.position})" if job.position else "")
     if job.progress == "lines":
-        return ProgressLines(label, total)
-    return tqdm(total=total, desc=label, leave=False, disable=job.progress != "bars" or total == 0,
+        return ProgressLines(label, total, initial=initial)
+    return tqdm(total=total, initial=initial, desc=label, leave=False, disable=job.progress != "bars" or total == 0,
                 mininterval=0.5, file=sys.stderr)
 
 
@@ -298,8 +300,7 @@ def run_one(job: Job) -> dict:
     os.makedirs(job.folder, exist_ok=True)
     log = report.TrainingLog(os.path.join(job.folder, "progress.csv"), progress.env_step,
                              os.path.join(job.folder, "tensorboard") if job.tensorboard else None)
-    with progress_bar(job, "phase3", job.episodes) as bar:
-        bar.update(len(rows))
+    with progress_bar(job, "phase3", job.episodes, initial=len(rows)) as bar:
         for row in learn_online(env, agent, safety, job.episodes, job.seed, progress=progress, log=log,
                                 log_every=20 if job.preset == "smoke" else LOG_EVERY[job.env]):
             rows.append(row)
@@ -352,7 +353,8 @@ def run_carl(job: Job) -> dict:
     env = envs.make_env(job.env, task, **job.env_kwargs)
     set_seed(job.seed)
     agent = carl.CARLAgent(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
-                           env.action_space.high, job.hp.carl, carl.reward_function(job.env, task), job.seed)
+                           env.action_space.high, job.hp.carl, carl.reward_function(job.env, task), job.seed,
+                           carl.ANGLES.get(job.env, ()))
     with progress_bar(job, "phase1", job.hp.carl.pretrain_episodes + 1 if job.method == "carl" else 1) as bar:
         carl_phase1(job, agent, train, test, bar)
     timings = {"phase1": time.perf_counter() - t_start}

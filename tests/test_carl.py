@@ -72,6 +72,13 @@ def test_ensemble_learns_a_linear_system_and_its_noise():
     assert 0.035 < torch.exp(0.5 * logvar).mean().item() < 0.07
 
 
+def test_a_turned_over_pole_looks_the_same_to_the_model():
+    obs = torch.tensor([[0.3, 0.2, -1.0, 0.5], [0.3, 0.2 + 2 * math.pi, -1.0, 0.5]])
+    features = carl.angle_features(obs, carl.ANGLES["cartpole"])
+    assert features.shape == (2, 5) and torch.allclose(features[0], features[1], atol=1e-5)
+    assert torch.allclose(features[0], torch.tensor([0.3, -1.0, 0.5, math.sin(0.2), math.cos(0.2)]))
+
+
 # ----------------------------------------------------------------------------- planning
 
 def constant_ensemble(steps=(1.0, 2.0)) -> ProbabilisticEnsemble:
