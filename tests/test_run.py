@@ -511,6 +511,17 @@ def test_ray_reports_a_failed_job_and_finishes_the_others(require_extra):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_a_resumed_phase_reports_the_speed_of_this_process_only(monkeypatch, capsys):
+    """A run resumed at episode 135 of 500 that then does 2 episodes in 10 s: 0.20/s and an ETA of
+    363 / 0.2 s = 30.2 min, not a speed that counts the 135 episodes of an earlier process."""
+    clock = iter([0.0, 10.0, 10.0])
+    monkeypatch.setattr(experiment.time, "perf_counter", lambda: next(clock))
+    lines = experiment.ProgressLines("halfcheetah/mesa/seed0 phase3", 500, every=5.0, initial=135)
+    lines.update(2)
+    line = capsys.readouterr().err
+    assert "137/500, 0.20/s" in line and "ETA 30.2 min" in line, line
+
+
 def test_two_workers_show_progress_lines(tmp_path, data_root):
     import subprocess
     import sys
