@@ -33,13 +33,13 @@ COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "
            "cumulative_violations")
 COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red",
            "rrl_oracle": "tab:purple", "lr": "tab:olive", "sqrl": "tab:cyan",
-           "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black"}
+           "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black", "carl": "tab:orange", "carl_offline": "gold"}
 MARKERS = {"unconstrained": "s", "rrl": "^", "multitask": "D", "mesa": "o", "rrl_oracle": "v", "lr": "<",
-           "sqrl": ">", "rspo": "P", "rp": "X", "rcpo": "*"}
+           "sqrl": ">", "rspo": "P", "rp": "X", "rcpo": "*", "carl": "h", "carl_offline": "H"}
 LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
           "rrl_oracle": "RRL-oracle", "lr": "LR", "sqrl": "SQRL", "rspo": "RSPO",
           "rp": "RP", "rcpo": "RCPO", "mesa_authors": "MESA (authors' variant)",
-          "multitask_authors": "Multi-Task (authors' variant)"}
+          "multitask_authors": "Multi-Task (authors' variant)", "carl": "CARL", "carl_offline": "CARL-Offline"}
 TITLES = {"navigation1": "Navigation 1", "navigation2": "Navigation 2", "maze": "Maze",
           "cartpole": "Cartpole-Length", "halfcheetah": "HalfCheetah-Disabled", "ant": "Ant-Disabled"}
 
