@@ -217,7 +217,7 @@ def test_both_methods_end_to_end_on_cartpole(tmp_path):
         rows = (folder / method / "seed0" / "episodes.csv").read_text().splitlines()
         assert rows[0].split(",") == list(experiment.report.COLUMNS) and len(rows) == 3
         assert (folder / method / "seed0" / "final.pt").exists()
-    assert "carl_offline" in (folder / "summary.md").read_text()
+    assert "| CARL-Offline | 1 |" in (folder / "summary.md").read_text()
 
 
 def test_run_help_lists_both_methods_and_every_carl_option(capsys):
