@@ -87,28 +87,57 @@ class Job:
 
     def key(self, phase3: bool = True) -> str:
         """Hash of what the result depends on; phase3=False: only what Phases 1-2 depend on."""
-        hp = dataclasses.asdict(self.hp)
-        for group, names in LATER_FIELDS.items():
-            defaults = type(getattr(self.hp, group))()
+        return run_key(self.key_fields(), phase3)
+
+    def key_fields(self) -> dict:
+        """What run_key hashes, as config.json records it (finished() rebuilds it from there)."""
+        return {"env": self.env, "method": self.method, "seed": self.seed, "preset": self.preset,
+                "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": dataclasses.asdict(self.hp),
+                "test_fraction": self.test_fraction, "scale_inputs": self.scale_inputs, "episodes": self.episodes,
+                "env_kwargs": self.env_kwargs, "oracle_variant": self.oracle_variant}
+
+
+# The configuration groups a method never reads, left out of its run key: changing one method's
+# settings (e.g. quick's MESA meta-steps) leaves the other methods' runs valid. The baselines and
+# CARL keep every group (mesa.phase1 / phase2 and experiment.fresh_networks say who reads what).
+UNREAD_GROUPS = {"unconstrained": ("recovery", "meta", "multitask", "rrl", "adapt"),
+                 "rrl": ("meta", "multitask"), "rrl_oracle": ("meta", "multitask"),
+                 "multitask": ("meta", "rrl"), "mesa": ("multitask", "rrl")}
+HP_GROUPS = {f.name: type(getattr(Hyperparameters(), f.name)) for f in dataclasses.fields(Hyperparameters)}
+
+
+def run_key(fields: dict, phase3: bool = True) -> str:
+    """The run key of Job.key_fields() (or of a config.json's record of them): a hash of the
+    configuration groups the method reads, where fields added after runs existed (LATER_FIELDS)
+    count only away from their defaults, as do env_kwargs and the oracle variant."""
+    hp = copy.deepcopy(fields["hp"])
+    method = fields["method"]
+    for group in UNREAD_GROUPS.get(method, ()):
+        hp.pop(group, None)
+    for group, names in LATER_FIELDS.items():
+        if group in hp:
+            defaults = dataclasses.asdict(HP_GROUPS[group]())
             for name in names:
-                if name in hp[group] and hp[group][name] == getattr(defaults, name):
+                if name in hp[group] and hp[group][name] == defaults[name]:
                     del hp[group][name]
-        if self.method not in BASELINES:     # absent: the other methods' keys stay as they were
-            del hp["baseline"]
-        if self.method not in carl.CARL_METHODS:
-            del hp["carl"]
-        if self.method != "mesa":            # MESA's alone (mesa.Hyperparameters.phase2_tau)
-            del hp["meta"]["adapted_tau_risk"]
-        if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
-            hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
+    if method not in BASELINES:     # absent: the other methods' keys stay as they were
+        hp.pop("baseline", None)
+    if method not in carl.CARL_METHODS:
+        hp.pop("carl", None)
+    if method != "mesa" and "meta" in hp:     # MESA's alone (mesa.Hyperparameters.phase2_tau)
+        hp["meta"].pop("adapted_tau_risk", None)
+    if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
+        hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
+        if "recovery" in hp:
             hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
-        what = {"env": self.env, "method": self.method, "seed": self.seed, "preset": self.preset,
-                "test_variant": self.test_variant, "data_seed": DATA_SEED, "hp": hp,
-                "test_fraction": self.test_fraction, "scale_inputs": self.scale_inputs,
-                "episodes": self.episodes if phase3 else None}
-        if self.env_kwargs or self.oracle_variant != "mesa":   # absent keys keep older run keys valid
-            what.update(env_kwargs=self.env_kwargs, oracle_variant=self.oracle_variant)
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    what = {"env": fields["env"], "method": method, "seed": fields["seed"], "preset": fields["preset"],
+            "test_variant": fields["test_variant"], "data_seed": fields["data_seed"], "hp": hp,
+            "test_fraction": fields["test_fraction"], "scale_inputs": fields["scale_inputs"],
+            "episodes": fields["episodes"] if phase3 else None}
+    env_kwargs, oracle_variant = fields.get("env_kwargs") or {}, fields.get("oracle_variant", "mesa")
+    if env_kwargs or oracle_variant != "mesa":   # absent keys keep older run keys valid
+        what.update(env_kwargs=env_kwargs, oracle_variant=oracle_variant)
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
@@ -472,8 +501,20 @@ def write_run(job: Job, info: dict, rows: list[dict]) -> None:
     atomic_write(os.path.join(job.folder, "episodes.csv"), report.episodes_csv(rows))
 
 
+def stored_key(config: dict) -> str:
+    """The run key, under today's run_key, of the configuration a config.json records: a run made
+    before a change to the key (e.g. UNREAD_GROUPS) is still recognised by what it ran with."""
+    fields = {"env": config["env"], "method": config["method"], "seed": config["seed"],
+              "preset": config["preset"], "test_variant": config["test_variant"], "data_seed": config["data_seed"],
+              "hp": config["hyperparameters"], "test_fraction": config.get("test_fraction", 1.0),
+              "scale_inputs": config.get("scale_inputs", True), "episodes": config["episodes"],
+              "env_kwargs": config.get("env_kwargs") or {}, "oracle_variant": config.get("oracle_variant", "mesa")}
+    return run_key(fields)
+
+
 def finished(job: Job) -> bool:
-    """A run is finished when its episodes.csv exists and its config has the same run key.
+    """A run is finished when its episodes.csv exists and its config.json records the same run key,
+    or a configuration with the same key today (stored_key).
 
     A DamagedFile where episodes.csv exists beside a config.json that cannot be read: a finished
     run's results are never run over."""
@@ -482,7 +523,8 @@ def finished(job: Job) -> bool:
         return False
     try:
         with open(path) as f:
-            return json.load(f)["run_key"] == job.key()
+            config = json.load(f)
+        return config["run_key"] == job.key() or stored_key(config) == job.key()
     except (OSError, ValueError, KeyError, TypeError) as e:
         reason = "missing" if isinstance(e, FileNotFoundError) else "cannot be read"
         raise DamagedFile(f"{path} is damaged ({reason}) beside a finished run's episodes.csv: restore it, "

@@ -5,6 +5,7 @@ import glob
 import itertools
 import json
 import os
+import pathlib
 import sys
 
 import copy
@@ -256,12 +257,14 @@ def test_mesa_variant_authors_sets_every_item_and_nothing_else():
     assert key(authors["rrl"], "rrl") == key(paper["rrl"], "rrl")
 
 
-def test_default_configurations_keep_their_run_keys():
+def test_default_configurations_keep_their_run_keys(monkeypatch):
     """Fields added to the configs later leave the run keys of default configurations as they were
     (so finished runs and cached Phases 1-2 stay valid); the keys below predate those fields. MESA's
     keys changed deliberately with its Phase 2-3 target rate (meta.adapted_tau_risk), which enters
     MESA's key alone; quick's Multi-Task keys on HalfCheetah and Ant with the paper's Phase-1 steps
-    (15000, no longer 3000)."""
+    (15000, no longer 3000). The keys predate UNREAD_GROUPS too (finished() finds such runs through
+    their config.json: test_finished_runs_are_found_by_what_they_ran_with)."""
+    monkeypatch.setattr(experiment, "UNREAD_GROUPS", {})
     before = {("navigation1", "quick", "mesa"): ("ab4f92e650eea492", "e7296300cbb58a34"),
               ("navigation1", "paper", "multitask"): ("6bea9d50b0e4ac95", "515d42ea1052d85d"),
               ("halfcheetah", "quick", "multitask"): ("5ea8fcf24f25115c", "3d24fd527773adb0"),
@@ -278,6 +281,41 @@ def test_default_configurations_keep_their_run_keys():
         lag = presets.job_config(env, method, preset, "paper", {"meta.adapted_tau_risk": 1.0})[0]
         lagged = experiment.Job(env, method, 0, preset, lag, episodes, "runs", "data", "default", "none")
         assert (lagged.key(phase3=False) != now.key(phase3=False)) == (method == "mesa")
+
+
+def test_a_methods_run_key_ignores_the_settings_it_never_reads():
+    hp, episodes = presets.job_config("halfcheetah", "mesa", "quick", "paper", {})
+    changes = {"meta": {"steps": 1500}, "multitask": {"steps": 3000}, "rrl": {"steps": 2000},
+               "adapt": {"steps": 100}, "recovery": {"eps_risk": 0.5}}
+    readers = {"meta": {"mesa"}, "multitask": {"multitask"}, "rrl": {"rrl", "rrl_oracle"},
+               "adapt": {"mesa", "multitask", "rrl", "rrl_oracle"}, "recovery": {"mesa", "multitask", "rrl", "rrl_oracle"}}
+    for group, change in changes.items():
+        other = dataclasses.replace(hp, **{group: dataclasses.replace(getattr(hp, group), **change)})
+        for method in mesa.METHODS:
+            jobs = [experiment.Job("halfcheetah", method, 0, "quick", h, episodes, "runs", "data", "default", "none")
+                    for h in (hp, other)]
+            assert (jobs[0].key() != jobs[1].key()) == (method in readers[group]), (group, method)
+    sac = dataclasses.replace(hp, sac=dataclasses.replace(hp.sac, lr=1e-4))
+    assert all(experiment.Job("halfcheetah", m, 0, "quick", sac, episodes, "runs", "data", "default", "none").key() !=
+               experiment.Job("halfcheetah", m, 0, "quick", hp, episodes, "runs", "data", "default", "none").key()
+               for m in mesa.METHODS)
+
+
+def test_finished_runs_are_found_by_what_they_ran_with(tmp_path):
+    """A finished run whose config.json records an older run key is still found where the
+    configuration it records hashes to today's key, and not where a setting its method reads differs."""
+    hp, episodes = presets.job_config("halfcheetah", "unconstrained", "quick", "paper", {})
+    job = experiment.Job("halfcheetah", "unconstrained", 0, "quick", hp, episodes, str(tmp_path), "data", "default", "none")
+    experiment.write_run(job, {}, [{c: 0 for c in report.COLUMNS}])
+    path = pathlib.Path(job.folder) / "config.json"
+    config = json.loads(path.read_text())
+    config["run_key"] = "recorded-by-older-code"
+    config["hyperparameters"]["meta"]["steps"] = 1500          # read by MESA only
+    path.write_text(json.dumps(config))
+    assert experiment.finished(job)
+    config["hyperparameters"]["sac"]["batch_size"] = 64        # read by every method
+    path.write_text(json.dumps(config))
+    assert not experiment.finished(job)
 
 
 def test_mesa_variant_authors_end_to_end(tmp_path, data_root):
