@@ -424,6 +424,9 @@ def level_cell(s: dict, place: str) -> str:
 # ----------------------------------------------------------------------------- the headline at the paper's scale
 
 PAPER_SCALE_SEEDS = {"halfcheetah": 5, "ant": 3}
+# Rows that run after every seed of the others: Ant's authors' MESA costs about 6 core-hours a seed
+# (docs/results.md, the plan), and the paper's four methods come first.
+PAPER_SCALE_LAST = {"ant": ("mesa_authors",)}
 # (row, method, MESA variant): the methods of the paper's Figure 5 that run here, and MESA as its
 # authors' code ran it (WLinear critic; docs/mesa_variants.md)
 PAPER_SCALE_ROWS = (("unconstrained", "unconstrained", "paper"), ("rrl", "rrl", "paper"),
@@ -443,7 +446,8 @@ def paper_scale_job(env: str, method: str, variant: str, seed: int, out: str, pr
 def paper_scale(out: str, preset: str, workers: int, data_root: str = "data",
                 env_names=tuple(PAPER_SCALE_SEEDS), seeds: int | None = None) -> str:
     """Every row of PAPER_SCALE_ROWS on each environment over the paper's episodes, seed by seed (every
-    method's seed 0 before any seed 1, so an interrupted experiment has equal seeds per method);
+    method's seed 0 before any seed 1, so an interrupted experiment has equal seeds per method;
+    PAPER_SCALE_LAST's rows after all seeds of the others);
     finished runs are skipped and Phase 3 resumes from its checkpoints. Writes
     <out>/paper_scale/<env>/summary.{md,json} and the figures over the whole run."""
     tables = []
@@ -451,8 +455,9 @@ def paper_scale(out: str, preset: str, workers: int, data_root: str = "data",
         n = seeds or PAPER_SCALE_SEEDS[env]
         jobs = {(row, s): paper_scale_job(env, method, variant, s, out, preset, data_root)
                 for s in range(n) for row, method, variant in PAPER_SCALE_ROWS}
+        order = sorted(jobs, key=lambda row_seed: row_seed[0] in PAPER_SCALE_LAST.get(env, ()))   # stable
         prepare(env, preset, data_root)
-        run_missing(list(jobs.values()), workers)
+        run_missing([jobs[k] for k in order], workers)
         folders = {row: [jobs[row, s].folder for s in range(n)] for row, _, _ in PAPER_SCALE_ROWS}
         tables.append(report.summarise(os.path.join(out, "paper_scale", env), env, None, None,
                                        envs.HAS_SUCCESS[env], preset, folders=folders))
