@@ -28,10 +28,14 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 
-import matplotlib
-import numpy as np
-import torch
+if __name__ == "__mp_main__":   # a spawned worker importing this script: Ctrl-C is the parent's (run.pool_map)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # already while torch imports, before the worker's initializer
+
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

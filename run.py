@@ -24,18 +24,21 @@ import os
 import signal
 import sys
 
-import torch
+if __name__ == "__mp_main__":   # a spawned worker importing this script: Ctrl-C is the parent's (pool_map)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # already while torch imports, before _init_worker runs
 
-import datasets
-import envs
-import report
-import timing
-from baselines import BASELINES
-from carl import CARL_METHODS
-from experiment import DATA_SEED, ORACLE_DATA_METHODS, DamagedFile, Job, check_files, finished, heldout_set, run_one
-from mesa import METHODS
-from presets import GROUPS, MESA_VARIANTS, SKIPPED, field_docs, job_config
-from sac import OneLineParser
+import torch  # noqa: E402
+
+import datasets  # noqa: E402
+import envs  # noqa: E402
+import report  # noqa: E402
+import timing  # noqa: E402
+from baselines import BASELINES  # noqa: E402
+from carl import CARL_METHODS  # noqa: E402
+from experiment import DATA_SEED, ORACLE_DATA_METHODS, DamagedFile, Job, check_files, finished, heldout_set, run_one  # noqa: E402
+from mesa import METHODS  # noqa: E402
+from presets import GROUPS, MESA_VARIANTS, SKIPPED, field_docs, job_config  # noqa: E402
+from sac import OneLineParser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

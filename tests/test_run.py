@@ -732,6 +732,18 @@ def test_sigterm_ends_the_workers_as_ctrl_c_does(tmp_path, data_root, command):
     assert not any(alive(k) for k in kids)
 
 
+@pytest.mark.parametrize("script", ["run.py", "paper.py"])
+def test_a_spawned_worker_ignores_ctrl_c_from_its_first_import(script):
+    """A pool worker imports the parent's script as __mp_main__, torch with it, before the pool's
+    initializer runs: the script ignores SIGINT first, so a Ctrl-C in that window (a new worker per
+    job) cannot print a worker's traceback."""
+    import subprocess
+    code = (f"import runpy, signal; runpy.run_path({script!r}, run_name='__mp_main__'); "
+            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr
+
+
 def test_figures_tell_lines_at_zero_apart_and_keep_the_legend_off_the_data():
     runs = {m: [{"cumulative_violations": np.zeros(40), "success": np.zeros(40)}]
             for m in ("mesa", "multitask", "rrl_oracle")}
