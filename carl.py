@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 import envs
 from point_envs import MAZE_GOAL
-from sac import ReplayBuffer, require
+from sac import ReplayBuffer, global_rng_state, require, set_global_rng_state
 
 CARL_METHODS = ("carl", "carl_offline")
 RISKS = ("state", "reward", "none")
@@ -351,7 +351,15 @@ class CARLAgent:
         return plan[0].numpy()
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """The ensemble, its optimizer, the bootstrap generator and the planner's warm start."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state, "previous": self.previous}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.previous = state["previous"].clone()
 
 
 # ----------------------------------------------------------------------------- episodes and phases
@@ -372,27 +380,54 @@ def run_episode(env, agent: CARLAgent, risk: str | None, buffer: ReplayBuffer, s
     return {"return": ret, "length": length, "violation": int(violated), "success": float(info.get("success", np.nan))}
 
 
-def pretrain_online(name: str, agent: CARLAgent, seed: int, callback: Callable[[int], None] | None = None) -> dict:
+@dataclass
+class Pretraining:
+    """Where CARL's Phase 1 stands between two episodes: with the agent and the global random state,
+    all that is needed to continue it exactly (experiment.py checkpoints it)."""
+    episode: int                  # episodes finished, the random one included
+    buffer: ReplayBuffer          # every transition so far
+    task_rng: np.random.Generator  # draws each episode's training task
+    seconds: float = 0.0          # time spent so far, over every process that ran it
+
+    @classmethod
+    def start(cls, name: str, agent: CARLAgent, seed: int) -> "Pretraining":
+        steps = (agent.cfg.pretrain_episodes + 1) * envs.HORIZON[name]
+        buffer = ReplayBuffer(agent.model.obs_dim, agent.low.shape[-1], steps, seed=seed)
+        return cls(0, buffer, np.random.default_rng(seed))
+
+    def state_dict(self) -> dict:
+        return {"episode": self.episode, "buffer": self.buffer.state_dict(),
+                "task_rng": self.task_rng.bit_generator.state, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episode = state["episode"]
+        self.buffer.load_state_dict(state["buffer"])
+        self.task_rng.bit_generator.state = state["task_rng"]
+        self.seconds = state["seconds"]
+
+
+def pretrain_online(name: str, agent: CARLAgent, seed: int, callback: Callable[[int], None] | None = None,
+                    progress: Pretraining | None = None) -> dict:
     """CARL's Phase 1: one random episode, then cfg.pretrain_episodes PETS episodes (no caution), each
     in a training task drawn at random, that go on after a violation (CARL's training mode); the
     model is refit on everything after each episode. The planner scores with each task's own reward
-    (CARL's Cartpole carries the pole length in its observation). Returns the transitions collected."""
-    tasks, rng = envs.train_tasks(name, seed=0), np.random.default_rng(seed)
-    steps = (agent.cfg.pretrain_episodes + 1) * envs.HORIZON[name]
-    buffer, test_reward = None, agent.reward_fn
-    for episode in range(agent.cfg.pretrain_episodes + 1):
-        task = tasks[rng.integers(len(tasks))]
+    (CARL's Cartpole carries the pole length in its observation). `progress` continues from a
+    checkpoint and is updated before callback(episode) runs. Returns the transitions collected."""
+    tasks = envs.train_tasks(name, seed=0)
+    progress = progress or Pretraining.start(name, agent, seed)
+    test_reward = agent.reward_fn
+    for episode in range(progress.episode, agent.cfg.pretrain_episodes + 1):
+        task = tasks[progress.task_rng.integers(len(tasks))]
         env, agent.reward_fn = envs.make_env(name, task, terminate_on_violation=False), reward_function(name, task)
         env.action_space.seed(seed + episode)
-        if buffer is None:
-            buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], steps, seed=seed)
-        run_episode(env, agent, None if episode == 0 else "none", buffer, seed=seed + episode)
+        run_episode(env, agent, None if episode == 0 else "none", progress.buffer, seed=seed + episode)
         env.close()
-        agent.fit(buffer.arrays())
+        agent.fit(progress.buffer.arrays())
+        progress.episode = episode + 1
         if callback is not None:
             callback(episode)
     agent.reward_fn = test_reward
-    return buffer.arrays()
+    return progress.buffer.arrays()
 
 
 def pretrain_offline(agent: CARLAgent, datasets: list[dict]) -> float:
@@ -402,21 +437,59 @@ def pretrain_offline(agent: CARLAgent, datasets: list[dict]) -> float:
     return agent.fit(pooled)
 
 
-def learn_online(env, agent: CARLAgent, n_episodes: int, seed: int, offline: dict | None = None) -> Iterator[dict]:
+@dataclass
+class Adaptation:
+    """Where CARL's Phase 3 stands between two episodes: with the agent and the random states, all
+    that is needed to continue it exactly (phase3_checkpoint)."""
+    episode: int                  # episodes finished
+    env_steps: int                # environment steps taken
+    buffer: ReplayBuffer          # the online transitions so far
+
+    @classmethod
+    def start(cls, env, n_episodes: int, seed: int) -> "Adaptation":
+        capacity = n_episodes * env.spec.max_episode_steps
+        return cls(0, 0, ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], capacity, seed=seed))
+
+
+def learn_online(env, agent: CARLAgent, n_episodes: int, seed: int, offline: dict | None = None,
+                 progress: Adaptation | None = None) -> Iterator[dict]:
     """Phase 3: cautious MPC (cfg.risk) in the test environment, the model fine-tuned after every
     episode for cfg.epochs passes over the test-environment data so far (offline: D_test, first),
     keeping Phase 1's input statistics (a few test transitions would otherwise rescale every input
-    the pretrained model knows). Yields one episodes.csv row per episode; CARL has no recovery
+    the pretrained model knows). `progress` continues from a checkpoint (restore_phase3) and is
+    updated after every episode. Yields one episodes.csv row per episode; CARL has no recovery
     policy (recovery_fraction 0)."""
-    capacity = n_episodes * env.spec.max_episode_steps
-    buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0], capacity, seed=seed)
-    env.action_space.seed(seed)
-    env_steps = 0
-    for episode in range(n_episodes):
-        row = run_episode(env, agent, agent.cfg.risk, buffer, seed=seed if episode == 0 else None)
-        env_steps += row["length"]
-        data = buffer.arrays()
+    progress = progress or Adaptation.start(env, n_episodes, seed)
+    if progress.episode == 0:
+        env.action_space.seed(seed)
+    for episode in range(progress.episode, n_episodes):
+        row = run_episode(env, agent, agent.cfg.risk, progress.buffer, seed=seed if episode == 0 else None)
+        data = progress.buffer.arrays()
         if offline is not None:
             data = {k: np.concatenate([offline[k], data[k]]) for k in MODEL_FIELDS}
         agent.fit(data, input_statistics=False)
-        yield {"episode": episode, "env_steps": env_steps, **row, "recovery_fraction": 0.0}
+        progress.episode, progress.env_steps = episode + 1, progress.env_steps + row["length"]
+        yield {"episode": episode, "env_steps": progress.env_steps, **row, "recovery_fraction": 0.0}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def phase3_checkpoint(env, agent: CARLAgent, progress: Adaptation) -> dict:
+    """Everything Phase 3 needs to continue exactly after progress.episode episodes: the agent
+    (ensemble, optimizer, bootstrap generator, warm start), the online transitions, and every random
+    state (global, the buffer's, the environment's and its action space's)."""
+    return {"episode": progress.episode, "env_steps": progress.env_steps, "carl": agent.state_dict(),
+            "buffer": progress.buffer.state_dict(), "rng": global_rng_state(),
+            "env_rng": env.unwrapped.np_random.bit_generator.state,
+            "action_rng": env.action_space.np_random.bit_generator.state}
+
+
+def restore_phase3(state: dict, env, agent: CARLAgent, progress: Adaptation) -> None:
+    """Load a phase3_checkpoint into freshly built objects of the same run (progress from
+    Adaptation.start), so that learn_online(progress=progress) continues where it stopped."""
+    agent.load_state_dict(state["carl"])
+    progress.buffer.load_state_dict(state["buffer"])
+    progress.episode, progress.env_steps = state["episode"], state["env_steps"]
+    env.unwrapped.np_random.bit_generator.state = state["env_rng"]
+    env.action_space.np_random.bit_generator.state = state["action_rng"]
+    set_global_rng_state(state["rng"])

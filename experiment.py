@@ -43,7 +43,7 @@ from baselines import BASELINES, USES_CRITIC, ConstrainedSAC
 from mesa import Hyperparameters
 from presets import LATER_FIELDS
 from recovery_rl import Phase3Progress, Safety, learn_online, phase3_checkpoint, restore_phase3, safety_critic_loss
-from sac import SAC, ReplayBuffer, atomic_write, save_checkpoint, set_seed
+from sac import SAC, ReplayBuffer, atomic_write, global_rng_state, save_checkpoint, set_global_rng_state, set_seed
 
 DATA_SEED = 0                 # one set of datasets for every run seed (datasets.get_datasets(seed=0))
 HELDOUT_SEED = 998            # D_test is file seed 999 (datasets.py): a different random collection
@@ -98,11 +98,17 @@ class Job:
 
 
 # The configuration groups a method never reads, left out of its run key: changing one method's
-# settings (e.g. quick's MESA meta-steps) leaves the other methods' runs valid. The baselines and
-# CARL keep every group (mesa.phase1 / phase2 and experiment.fresh_networks say who reads what).
+# settings (e.g. quick's MESA meta-steps) leaves the other methods' runs valid. The baselines keep
+# every group (mesa.phase1 / phase2 and experiment.fresh_networks say who reads what); CARL reads
+# its own group alone (run_carl).
+NOT_CARL = ("sac", "recovery", "meta", "multitask", "rrl", "adapt", "baseline")
 UNREAD_GROUPS = {"unconstrained": ("recovery", "meta", "multitask", "rrl", "adapt"),
                  "rrl": ("meta", "multitask"), "rrl_oracle": ("meta", "multitask"),
-                 "multitask": ("meta", "rrl"), "mesa": ("multitask", "rrl")}
+                 "multitask": ("meta", "rrl"), "mesa": ("multitask", "rrl"),
+                 **{method: NOT_CARL for method in carl.CARL_METHODS}}
+# CARL's settings that only Phase 3's caution reads (pretraining plans on the plain mean), left out
+# of its Phase-1 key: CARL (Reward) and CARL (State) share one pretrained ensemble.
+CARL_PHASE3_ONLY = ("risk", "catastrophe_penalty", "catastrophe_threshold", "percentile")
 HP_GROUPS = {f.name: type(getattr(Hyperparameters(), f.name)) for f in dataclasses.fields(Hyperparameters)}
 
 
@@ -127,9 +133,12 @@ def run_key(fields: dict, phase3: bool = True) -> str:
     if method != "mesa" and "meta" in hp:     # MESA's alone (mesa.Hyperparameters.phase2_tau)
         hp["meta"].pop("adapted_tau_risk", None)
     if not phase3:   # Phases 1-2 see SAC only through the initial policy's network shape,
-        hp["sac"] = {"hidden": hp["sac"]["hidden"]}      # and never filter, so never use eps_risk
+        if "sac" in hp:                                  # and never filter, so never use eps_risk
+            hp["sac"] = {"hidden": hp["sac"]["hidden"]}
         if "recovery" in hp:
             hp["recovery"] = {k: v for k, v in hp["recovery"].items() if k != "eps_risk"}
+        if "carl" in hp:
+            hp["carl"] = {k: v for k, v in hp["carl"].items() if k not in CARL_PHASE3_ONLY}
     what = {"env": fields["env"], "method": method, "seed": fields["seed"], "preset": fields["preset"],
             "test_variant": fields["test_variant"], "data_seed": fields["data_seed"], "hp": hp,
             "test_fraction": fields["test_fraction"], "scale_inputs": fields["scale_inputs"],
@@ -361,20 +370,71 @@ def run_one(job: Job) -> dict:
 
 # ----------------------------------------------------------------------------- CARL, CARL-Offline
 
-def carl_phase1(job: Job, agent: carl.CARLAgent, train: list[dict], test: dict, bar) -> None:
-    """CARL: PETS in the training tasks (carl.pretrain_online). CARL-Offline: the offline training
+def carl_phase1(job: Job, agent: carl.CARLAgent, train: list[dict], test: dict, bar,
+                progress: carl.Pretraining | None = None) -> None:
+    """CARL: PETS in the training tasks (carl.pretrain_online) from `progress`, checkpointed to
+    pretraining.pt every CHECKPOINT_EVERY[env] episodes. CARL-Offline: the offline training
     datasets and D_test, and nothing else (carl.pretrain_offline)."""
-    if job.method == "carl":
-        carl.pretrain_online(job.env, agent, job.seed, callback=lambda episode: bar.update(1))
-    else:
+    if job.method != "carl":
         carl.pretrain_offline(agent, [*train, test])
         bar.update(1)
+        return
+    progress = progress or carl.Pretraining.start(job.env, agent, job.seed)
+    every, t0, seconds = job.checkpoint_every or CHECKPOINT_EVERY[job.env], time.perf_counter(), progress.seconds
+
+    def after(episode: int) -> None:
+        bar.update(1)
+        if progress.episode % every == 0 and progress.episode <= job.hp.carl.pretrain_episodes:
+            progress.seconds = seconds + time.perf_counter() - t0
+            save_checkpoint({"key": job.key(phase3=False), "carl": agent.state_dict(),
+                             "pretraining": progress.state_dict(), "rng": global_rng_state()}, pretraining_path(job))
+    carl.pretrain_online(job.env, agent, job.seed, callback=after, progress=progress)
+    progress.seconds = seconds + time.perf_counter() - t0
+
+
+def resume_pretraining(job: Job, agent: carl.CARLAgent) -> carl.Pretraining | None:
+    """CARL's Phase 1 so far (pretraining.pt), restored into the fresh agent; a fresh start where
+    there is none or it belongs to another configuration; None for CARL-Offline."""
+    if job.method != "carl":
+        return None
+    progress, path = carl.Pretraining.start(job.env, agent, job.seed), pretraining_path(job)
+    if os.path.exists(path):
+        state = load_checkpoint(path, PRETRAINING_ADVICE)
+        if state["key"] == job.key(phase3=False):
+            agent.load_state_dict(state["carl"])
+            progress.load_state_dict(state["pretraining"])
+            set_global_rng_state(state["rng"])
+            print(f"resumed {job.env}/{job.method}/seed{job.seed} pretraining at episode {progress.episode}", flush=True)
+    return progress
+
+
+def cached_carl_phase1(job: Job, agent: carl.CARLAgent, train: list[dict], test: dict) -> dict:
+    """Phase 1 of a CARL run: loaded from phase1.pt (its own or a sibling configuration's) where one
+    with this run's Phase-1 key exists, else run (resuming pretraining.pt) and saved there.
+    Returns metrics.json's timings."""
+    key = job.key(phase3=False)
+    state = cached_offline_phases(job, key)
+    if state is not None:
+        agent.load_state_dict(state["carl"])
+        return {"timings": state["timings"], "phase1_cached": True}
+    t0 = time.perf_counter()
+    os.makedirs(job.folder, exist_ok=True)
+    progress = resume_pretraining(job, agent)
+    total, done = (job.hp.carl.pretrain_episodes + 1, progress.episode) if progress is not None else (1, 0)
+    with progress_bar(job, "phase1", total, initial=done) as bar:
+        carl_phase1(job, agent, train, test, bar, progress)
+    timings = {"phase1": progress.seconds if progress is not None else time.perf_counter() - t0}
+    save_checkpoint({"key": key, "carl": agent.state_dict(), "timings": timings}, phase2_paths(job)[0])
+    if os.path.exists(pretraining_path(job)):
+        os.remove(pretraining_path(job))
+    return {"timings": timings}
 
 
 def run_carl(job: Job) -> dict:
-    """One CARL or CARL-Offline run (carl.py): Phase 1, then Phase 3 in the test task; the same
-    episodes.csv, config.json and metrics.json as the other methods (no critic, so no critic scores).
-    Raw observations: the ensemble standardises its own inputs. No Phase-3 checkpoints."""
+    """One CARL or CARL-Offline run (carl.py): Phase 1 (cached in phase1.pt), then Phase 3 in the
+    test task, checkpointed to phase3.pt every CHECKPOINT_EVERY[env] episodes and resumed from it;
+    the same episodes.csv, config.json and metrics.json as the other methods (no critic, so no
+    critic scores). Raw observations: the ensemble standardises its own inputs."""
     t_start = time.perf_counter()
     train, test = datasets.get_datasets(job.env, job.preset, job.data_root, job.test_variant, seed=DATA_SEED)
     test = datasets.head(test, job.test_fraction)
@@ -384,25 +444,50 @@ def run_carl(job: Job) -> dict:
     agent = carl.CARLAgent(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
                            env.action_space.high, job.hp.carl, carl.reward_function(job.env, task), job.seed,
                            carl.ANGLES.get(job.env, ()))
-    with progress_bar(job, "phase1", job.hp.carl.pretrain_episodes + 1 if job.method == "carl" else 1) as bar:
-        carl_phase1(job, agent, train, test, bar)
-    timings = {"phase1": time.perf_counter() - t_start}
-    set_seed(job.seed)
-    t0, rows = time.perf_counter(), []
-    with progress_bar(job, "phase3", job.episodes) as bar:
-        for row in carl.learn_online(env, agent, job.episodes, job.seed, test if job.method == "carl_offline" else None):
+    info = cached_carl_phase1(job, agent, train, test)
+    set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 1 was cached or not
+    progress = carl.Adaptation.start(env, job.episodes, job.seed)
+    rows, seconds_before = resume_carl_phase3(job, env, agent, progress)
+    t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
+    with progress_bar(job, "phase3", job.episodes, initial=len(rows)) as bar:
+        for row in carl.learn_online(env, agent, job.episodes, job.seed,
+                                     test if job.method == "carl_offline" else None, progress):
             rows.append(row)
             bar.update(1)
             bar.set_postfix(ret=f"{row['return']:.1f}", violations=sum(r["violation"] for r in rows))
+            if progress.episode % every == 0 and progress.episode < job.episodes:
+                save_checkpoint({"key": job.key(), "rows": rows, "seconds": seconds_before + time.perf_counter() - t0,
+                                 **carl.phase3_checkpoint(env, agent, progress)}, checkpoint_path(job))
     env.close()
-    timings["phase3"] = time.perf_counter() - t0
-    os.makedirs(job.folder, exist_ok=True)
+    info["timings"]["phase3"] = seconds_before + time.perf_counter() - t0
     save_checkpoint({"key": job.key(), "carl": agent.state_dict()}, os.path.join(job.folder, "final.pt"))
-    timings["total"] = time.perf_counter() - t_start
-    write_run(job, {"timings": timings, "critic": {}}, rows)
+    info["timings"]["total"] = time.perf_counter() - t_start
+    write_run(job, {**info, "critic": {}}, rows)
+    if os.path.exists(checkpoint_path(job)) and not job.keep_checkpoint:
+        os.remove(checkpoint_path(job))
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
             "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
-            "seconds": timings["total"]}
+            "seconds": info["timings"]["total"]}
+
+
+def resume_carl_phase3(job: Job, env, agent: carl.CARLAgent, progress: carl.Adaptation) -> tuple[list, float]:
+    """resume_phase3 for CARL: (episode rows so far, Phase-3 seconds so far) of this run's
+    checkpoint, restored into the fresh objects; ([], 0) where there is none or it is another
+    configuration's."""
+    path = checkpoint_path(job)
+    if not os.path.exists(path):
+        return [], 0.0
+    state = load_checkpoint(path, PHASE3_ADVICE)
+    if state["key"] != job.key():
+        return [], 0.0
+    carl.restore_phase3(state, env, agent, progress)
+    print(f"resumed {job.env}/{job.method}/seed{job.seed} at episode {progress.episode}", flush=True)
+    return state["rows"], state["seconds"]
+
+
+def pretraining_path(job: Job) -> str:
+    """CARL's Phase-1 checkpoint (carl only): removed once Phase 1 is saved in phase1.pt."""
+    return os.path.join(job.folder, "pretraining.pt")
 
 
 def checkpoint_path(job: Job) -> str:
@@ -416,6 +501,7 @@ def checkpoint_path(job: Job) -> str:
 
 PHASE2_ADVICE = "delete it to run this run's Phases 1-2 again"
 PHASE3_ADVICE = "delete it to restart this run's Phase 3 from its cached Phases 1-2"
+PRETRAINING_ADVICE = "delete it to restart this run's Phase 1 (CARL's pretraining)"
 
 
 class DamagedFile(ValueError):
@@ -432,22 +518,25 @@ def load_checkpoint(path: str, advice: str) -> dict:
 
 
 def phase2_paths(job: Job) -> list[str]:
-    """Where cached Phases 1-2 of this run may lie: its own phase2.pt, then the same run's in the
-    other configuration folders beside it."""
-    own = os.path.join(job.folder, "phase2.pt")
+    """Where cached Phases 1-2 of this run may lie: its own phase2.pt (CARL's: phase1.pt, its
+    pretrained agent), then the same run's in the other configuration folders beside it."""
+    name = "phase1.pt" if job.method in carl.CARL_METHODS else "phase2.pt"
+    own = os.path.join(job.folder, name)
     siblings = sorted(glob.glob(os.path.join(os.path.dirname(job.out), "*", job.env, job.method,
-                                             f"seed{job.seed}", "phase2.pt")))
+                                             f"seed{job.seed}", name)))
     return [own, *(s for s in siblings if os.path.abspath(s) != os.path.abspath(own))]
 
 
 def check_files(job: Job) -> None:
     """A DamagedFile for the first file this unfinished job would read that cannot be read: its
-    cached Phases 1-2 (its own or a sibling configuration's phase2.pt) or its Phase-3 checkpoint."""
+    cached Phases 1-2 (its own or a sibling configuration's phase2.pt; CARL's phase1.pt), CARL's
+    pretraining checkpoint or its Phase-3 checkpoint."""
     for path in phase2_paths(job):
         if os.path.exists(path):
             load_checkpoint(path, PHASE2_ADVICE)
-    if os.path.exists(checkpoint_path(job)):
-        load_checkpoint(checkpoint_path(job), PHASE3_ADVICE)
+    for path, advice in ((pretraining_path(job), PRETRAINING_ADVICE), (checkpoint_path(job), PHASE3_ADVICE)):
+        if os.path.exists(path):
+            load_checkpoint(path, advice)
 
 
 def resume_phase3(job: Job, env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> tuple[list, float]:

@@ -2,6 +2,7 @@
 linear system, trajectory sampling's particle bookkeeping, CEM on a known quadratic, the cautious
 scores, the rewards against the environments', CARL-Offline's data, and both methods end to end."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -246,3 +247,74 @@ def test_fine_tuning_keeps_the_pretrained_input_statistics():
     rows = list(carl.learn_online(env, agent, 1, seed=0))
     assert len(rows) == 1 and rows[0]["recovery_fraction"] == 0.0
     assert torch.equal(agent.model.input_std, before)   # not refitted to the few test transitions
+
+
+# ----------------------------------------------------------------------------- resuming
+
+CUT = ("--env", "cartpole", "--episodes", "5", "--checkpoint-every", "2", "--carl-pretrain-episodes", "3")
+
+
+def smoke_carl(out, data_root, method, *extra):
+    run.main(["--preset", "smoke", "--methods", method, "--seeds", "1", "--workers", "1", "--threads", "1",
+              "--no-progress", "--out", str(out), "--data-root", str(data_root), *CUT, *extra])
+
+
+def run_folder(out, method, *extra):
+    args = run.build_parser().parse_args(["--preset", "smoke", *CUT, *extra])
+    return out / run.config_name(args) / "cartpole" / method / "seed0"
+
+
+@pytest.mark.parametrize("method", carl.CARL_METHODS)
+def test_an_interrupted_carl_run_resumes_exactly(tmp_path, monkeypatch, capsys, method):
+    """CARL stopped at its pretraining checkpoint (episode 2 of 4), then at its Phase-3 checkpoint
+    (episode 4 of 5), and rerun each time, writes the same episodes.csv as an uninterrupted run;
+    the checkpoints are then gone and phase1.pt stays. A configuration that changes only Phase 3
+    (another episode count) reuses that phase1.pt and repeats the run's first episodes."""
+    data = tmp_path / "data"
+    smoke_carl(tmp_path / "whole", data, method)
+    real_save = experiment.save_checkpoint
+
+    def stop_at(name, episode):
+        def save_then_stop(state, path):
+            real_save(state, path)
+            done = state["pretraining"]["episode"] if name == "pretraining.pt" else state.get("episode")
+            if str(path).endswith(name) and done == episode:
+                raise KeyboardInterrupt
+        monkeypatch.setattr(experiment, "save_checkpoint", save_then_stop)
+
+    folder = run_folder(tmp_path / "cut", method)
+    if method == "carl":
+        stop_at("pretraining.pt", 2)
+        with pytest.raises(SystemExit):
+            smoke_carl(tmp_path / "cut", data, method)
+        assert (folder / "pretraining.pt").exists() and not (folder / "phase1.pt").exists()
+        capsys.readouterr()
+    stop_at("phase3.pt", 4)
+    with pytest.raises(SystemExit):
+        smoke_carl(tmp_path / "cut", data, method)
+    assert ("resumed cartpole/carl/seed0 pretraining at episode 2" in capsys.readouterr().out) == (method == "carl")
+    assert (folder / "phase3.pt").exists() and (folder / "phase1.pt").exists()
+    assert not (folder / "pretraining.pt").exists() and not (folder / "episodes.csv").exists()
+    monkeypatch.undo()
+    smoke_carl(tmp_path / "cut", data, method)
+    assert f"resumed cartpole/{method}/seed0 at episode 4" in capsys.readouterr().out
+    whole = (run_folder(tmp_path / "whole", method) / "episodes.csv").read_text()
+    assert (folder / "episodes.csv").read_text() == whole
+    assert not (folder / "phase3.pt").exists() and (folder / "phase1.pt").exists()
+
+    smoke_carl(tmp_path / "cut", data, method, "--episodes", "3")
+    shorter = run_folder(tmp_path / "cut", method, "--episodes", "3")
+    assert json.loads((shorter / "metrics.json").read_text()).get("phase1_cached") is True
+    assert (shorter / "episodes.csv").read_text().splitlines() == whole.splitlines()[:4]
+
+
+def test_carls_run_keys_read_carls_settings_alone_and_phase1_leaves_out_the_caution():
+    hp, episodes = presets.job_config("cartpole", "carl", "quick", "paper", {})
+    job = lambda h: experiment.Job("cartpole", "carl", 0, "quick", h, episodes, "runs", "data", "default", "none")  # noqa: E731
+    mesa_steps = dataclasses.replace(hp, meta=dataclasses.replace(hp.meta, steps=7))
+    assert job(mesa_steps).key() == job(hp).key()                  # quick's MESA settings leave CARL's runs valid
+    for change, phase1_reads in (({"risk": "reward"}, False), ({"catastrophe_penalty": 1.0}, False),
+                                 ({"population": 50}, True), ({"pretrain_episodes": 2}, True)):
+        other = job(dataclasses.replace(hp, carl=dataclasses.replace(hp.carl, **change)))
+        assert other.key() != job(hp).key()
+        assert (other.key(phase3=False) != job(hp).key(phase3=False)) == phase1_reads, change
