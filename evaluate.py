@@ -11,6 +11,11 @@ mode: mean return, violating episodes, successes, the share of steps pi_rec acte
 draws each episode's path over the obstacles, with Q_risk of the task policy's action as the
 background; the video needs an OpenGL backend for MuJoCo's offscreen renderer (MUJOCO_GL=egl or
 osmesa) and says so in one line where there is none.
+
+A CARL or CARL-Offline run (final.pt holds its ensemble, no SAC agent) is replayed by its planner:
+CEM over the final ensemble with the run's caution (carl.CARLAgent.plan), on raw observations, its
+random state seeded per episode (the planner samples). It has no critic: --levels, --risk-at and
+--before-violation say so in one line. On quick Cartpole an episode takes about half a minute.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import carl  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import experiment  # noqa: E402
@@ -58,9 +64,14 @@ class SavedAgent:
         state = experiment.load_checkpoint(paths[1], rerun)
         hp = config["hyperparameters"]
         self.env_name = config["env"]
-        self.raw_env = envs.make_env(self.env_name, envs.test_task(self.env_name, config["test_variant"]),
-                                     **config.get("env_kwargs", {}))
+        task = envs.test_task(self.env_name, config["test_variant"])
+        self.raw_env = envs.make_env(self.env_name, task, **config.get("env_kwargs", {}))
         self.env = self.raw_env
+        self.safety, self.planner = None, None
+        if "carl" in state:      # CARL, CARL-Offline: the ensemble and its planner, on raw observations
+            self.planner = saved_planner(state["carl"], hp["carl"], self.raw_env, carl.reward_function(self.env_name, task),
+                                         carl.ANGLES.get(self.env_name, ()))
+            return
         stats = state.get("obs_scale", "missing")
         if stats == "missing":   # runs saved before final.pt held the scaling
             stats = self._statistics_from_datasets()
@@ -70,7 +81,6 @@ class SavedAgent:
         low, high = self.env.action_space.low, self.env.action_space.high
         self.agent = SAC(obs_dim, act_dim, low, high, SACConfig(**tuple_fields(hp["sac"])))
         self.agent.load_state_dict(state["sac"])
-        self.safety = None
         if state["safety"] is not None:
             self.safety = Safety(obs_dim, act_dim, low, high, RecoveryConfig(**tuple_fields(hp["recovery"])))
             self.safety.load_state_dict(state["safety"])
@@ -81,8 +91,17 @@ class SavedAgent:
                       c["test_variant"], "none", c.get("test_fraction", 1.0), c.get("scale_inputs", True))
         return experiment.observation_statistics(job)
 
+    def begin_episode(self, seed: int) -> None:
+        """CARL's planner samples: its random state is seeded per episode, and its warm start reset."""
+        if self.planner is not None:
+            torch.manual_seed(seed)
+            self.planner.reset()
+
     def action(self, obs: np.ndarray, use_filter: bool) -> tuple[np.ndarray, bool]:
-        """(executed action, whether pi_rec acted) for one observation."""
+        """(executed action, whether pi_rec acted) for one observation; CARL's: its planner's action
+        under the run's caution (carl.CARLAgent.plan)."""
+        if self.planner is not None:
+            return self.planner.plan(obs, self.planner.cfg.risk), False
         a_task = self.agent.act(obs, deterministic=True)
         if not use_filter or self.safety is None:
             return a_task, False
@@ -158,6 +177,15 @@ class SavedAgent:
         return datasets.load_dataset(job.path)
 
 
+def saved_planner(state: dict, config: dict, env, reward_fn, angles: tuple[int, ...]) -> carl.CARLAgent:
+    """A CARL run's final ensemble (final.pt's "carl") inside a planner with the run's settings."""
+    cfg = carl.CARLConfig(**tuple_fields(config))
+    planner = carl.CARLAgent(env.observation_space.shape[0], env.action_space.shape[0], env.action_space.low,
+                             env.action_space.high, cfg, reward_fn, seed=0, angles=angles)
+    planner.model.load_state_dict(state["model"])
+    return planner
+
+
 def tuple_fields(config: dict) -> dict:
     """A config dataclass's fields from config.json (JSON turned its tuples into lists)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
@@ -168,6 +196,7 @@ def run_episodes(saved: SavedAgent, episodes: int, use_filter: bool, seed: int, 
     """Deterministic episodes; their measures and, for point environments, each episode's path."""
     returns, violations, successes, recovery, paths, timelines = [], [], [], [], [], []
     for k in range(episodes):
+        saved.begin_episode(seed + k)
         obs, info = saved.env.reset(seed=seed + k)
         path, ret, fired_log, first_violation, done = [position(saved)], 0.0, [], None, False
         while not done:
@@ -335,14 +364,18 @@ def main(argv=None) -> None:
             print(f"  {name:8s} action {np.array2string(action, precision=3)}  Q_risk {q:.3f}")
         return
     modes = {"filter on": True, "filter off": False} if saved.safety is not None else {"task policy": False}
+    if saved.planner is not None:
+        modes = {"planner": False}
     results = {mode: run_episodes(saved, args.episodes, on, args.seed, frames if on or len(modes) == 1 else None,
                                   renderer if (on or len(modes) == 1) else None)
                for mode, on in modes.items()}
-    print(f"{saved.env_name} {saved.config['method']} seed {saved.config['seed']}, {args.episodes} deterministic episodes:")
+    kind = f"episodes, CARL's planner (risk {saved.planner.cfg.risk}) seeded per episode" if saved.planner is not None \
+        else "deterministic episodes"
+    print(f"{saved.env_name} {saved.config['method']} seed {saved.config['seed']}, {args.episodes} {kind}:")
     for mode, r in results.items():
         success = "-" if r["successes"] is None else f"{r['successes']:.0f}"
-        print(f"  {mode:11s} return {r['return']:9.1f}  violating episodes {r['violations']:3d}  "
-              f"successes {success:>3s}  pi_rec acted on {r['recovery_fraction']:.0%} of steps")
+        acted = "" if saved.planner is not None else f"  pi_rec acted on {r['recovery_fraction']:.0%} of steps"
+        print(f"  {mode:11s} return {r['return']:9.1f}  violating episodes {r['violations']:3d}  successes {success:>3s}{acted}")
     if args.picture:
         plot_paths(args.picture, saved, results)
         print(f"picture: {args.picture}")

@@ -11,6 +11,7 @@ import torch
 
 import carl
 import envs
+import evaluate
 import experiment
 import presets
 import run
@@ -318,3 +319,26 @@ def test_carls_run_keys_read_carls_settings_alone_and_phase1_leaves_out_the_caut
         other = job(dataclasses.replace(hp, carl=dataclasses.replace(hp.carl, **change)))
         assert other.key() != job(hp).key()
         assert (other.key(phase3=False) != job(hp).key(phase3=False)) == phase1_reads, change
+
+
+# ----------------------------------------------------------------------------- evaluate.py
+
+def test_evaluate_replays_a_carl_run_with_its_planner(tmp_path, capsys):
+    """evaluate.py on a CARL run: its final ensemble planning with the run's caution on raw
+    observations, the same episodes for the same seed, and one line where a critic is asked for."""
+    smoke_carl(tmp_path / "runs", tmp_path / "data", "carl", "--carl-risk", "reward")
+    folder = run_folder(tmp_path / "runs", "carl", "--carl-risk", "reward")
+    saved = evaluate.SavedAgent(str(folder))
+    final = torch.load(folder / "final.pt", weights_only=True)["carl"]["model"]
+    assert all(torch.equal(final[k], v) for k, v in saved.planner.model.state_dict().items())
+    assert saved.planner.cfg.risk == "reward" and saved.env is saved.raw_env and saved.safety is None
+    first, again = (evaluate.run_episodes(saved, 2, False, 5) for _ in range(2))
+    assert first["return"] == again["return"] and first["return"] != 0.0
+    capsys.readouterr()
+    evaluate.main([str(folder), "--episodes", "1"])
+    out = capsys.readouterr().out
+    assert "planner (risk reward)" in out and "  planner " in out and "pi_rec" not in out
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(folder), "--levels"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "needs a run with a critic" in err and len(err.strip().splitlines()) == 1
