@@ -69,8 +69,8 @@ class SavedAgent:
         self.env = self.raw_env
         self.safety, self.planner = None, None
         if "carl" in state:      # CARL, CARL-Offline: the ensemble and its planner, on raw observations
-            self.planner = saved_planner(state["carl"], hp["carl"], self.raw_env, carl.reward_function(self.env_name, task),
-                                         carl.ANGLES.get(self.env_name, ()))
+            reward_fn = carl.reward_function(self.env_name, task)
+            self.planner = saved_planner(state["carl"], hp["carl"], self.raw_env, reward_fn, carl.ANGLES.get(self.env_name, ()))
             return
         stats = state.get("obs_scale", "missing")
         if stats == "missing":   # runs saved before final.pt held the scaling

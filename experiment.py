@@ -404,7 +404,8 @@ def resume_pretraining(job: Job, agent: carl.CARLAgent) -> carl.Pretraining | No
             agent.load_state_dict(state["carl"])
             progress.load_state_dict(state["pretraining"])
             set_global_rng_state(state["rng"])
-            print(f"resumed {job.env}/{job.method}/seed{job.seed} pretraining at episode {progress.episode}", flush=True)
+            print(f"resumed {job.env}/{job.method}/seed{job.seed} pretraining at episode {progress.episode}",
+                  flush=True)
     return progress
 
 

@@ -15,6 +15,10 @@ Parts (docs/results.md):
   comparison  the five methods on the six environments (--env: some of them), 3 seeds in quick
               (10 on Navigation 1 and 2), COMPARISON_SEEDS in paper; results/<env>/summary.{md,json}
               and figures.
+  carl        CARL and CARL-Offline (carl.py) on Cartpole and HalfCheetah, CARL_SEEDS seeds, into the
+              comparison's folders; results/<env>/summary.* gain their two rows. About 28 core-hours
+              in quick at most (docs/carl.md, "Cost"): 14 h on 2 cores. Runs only with --only carl;
+              interrupted, it resumes where it stopped.
   mesa_variants, figure2, figure6, outer_lr, eps_risk, long, raw_inputs, paper_scale
               the studies beyond the comparison: studies.py says what each one measures.
               paper_scale (HalfCheetah 500 and Ant 1000 episodes) takes days on 2 cores and runs
@@ -41,6 +45,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import baselines  # noqa: E402
+import carl  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
@@ -53,11 +58,14 @@ from sac import atomic_write  # noqa: E402
 from studies import job, prepare, run_missing  # noqa: E402
 
 PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2", "figure6", "outer_lr", "eps_risk",
-         "long", "raw_inputs", "paper_scale")
-DEFAULT_PARTS = PARTS[:-1]   # paper_scale runs for days (docs/results.md): only when asked for
+         "long", "raw_inputs", "paper_scale", "carl")
+# paper_scale runs for days (docs/results.md), carl for about 14 h on 2 cores: only when asked for
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("paper_scale", "carl"))
 # the parts whose tables come from finished runs alone, which --summaries-only can rewrite
-SUMMARY_PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "long", "raw_inputs", "paper_scale")
+SUMMARY_PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "long", "raw_inputs", "paper_scale",
+                 "carl")
 COMPARISON_SEEDS = 5
+COMPARED = mesa.METHODS + carl.CARL_METHODS   # the rows of <out>/<env>/summary.*: those with finished runs
 
 
 # ----------------------------------------------------------------------------- the Recovery RL check
@@ -216,11 +224,40 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
     for env in env_names:
         prepare(env, preset, data_root, oracle="mesa")
     run_missing(jobs, workers)
-    for env in env_names:
-        report.summarise(os.path.join(out, env), env, mesa.METHODS, seeds[env], envs.HAS_SUCCESS[env], preset)
+    for env in env_names:    # with CARL's rows where the carl part has runs there
+        report.summarise(os.path.join(out, env), env, COMPARED, seeds[env], envs.HAS_SUCCESS[env], preset)
         if env in evaluate.POINT_ENVS and not studies.SUMMARISE_ONLY:
             draw_paths(os.path.join(out, env), seeds[env])
     return comparison_table(out, envs.ENV_NAMES) + "\n\n" + claims_table(out, envs.ENV_NAMES)
+
+
+# ----------------------------------------------------------------------------- CARL
+
+CARL_ENVS = ("cartpole", "halfcheetah")   # Figure 5's CARL environments that quick can afford (Ant: as HalfCheetah)
+CARL_SEEDS = 3
+
+
+def carl_comparison(out: str, preset: str, workers: int, data_root: str = "data", env_names=CARL_ENVS,
+                    n_seeds: int | None = None) -> str:
+    """CARL and CARL-Offline (carl.py) on env_names, n_seeds seeds (default CARL_SEEDS), into the
+    comparison's folders (<out>/<env>/<method>/seed<k>); then each environment's summary again with
+    every method that has runs there (COMPARED), the comparison's seeds included. Returns the
+    comparison's table for those environments.
+
+    Cost in quick, measured per planned step and ensemble update on this 2-core machine
+    (docs/carl.md, "Cost"): at most about 28 core-hours for 3 seeds (Cartpole 4 h per seed, both
+    methods; HalfCheetah 5.2 h), 14 h on 2 workers; Phase-3 episodes that end at a violation cut it."""
+    seeds = range(n_seeds or CARL_SEEDS)
+    jobs = [job(env, m, s, out, preset, data_root) for env in env_names for s in seeds for m in carl.CARL_METHODS]
+    for env in env_names:
+        prepare(env, preset, data_root)
+    run_missing(jobs, workers)
+    for env in env_names:
+        every = range(max(len(seeds), comparison_seeds(preset, env)))    # the comparison's seeds too
+        report.summarise(os.path.join(out, env), env, COMPARED, every, envs.HAS_SUCCESS[env], preset)
+    return comparison_table(out, env_names) + (
+        "\n\nMean ± standard error over seeds; CARL and CARL-Offline have no critic (no AUROC). "
+        "Command: python3 paper.py --only carl (docs/carl.md)")
 
 
 def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:
@@ -279,17 +316,19 @@ def comparison_table(out: str, env_names) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate docs/results.md (see the module docstring).")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(DEFAULT_PARTS),
-                        help="parts to run (default: all but paper_scale, which takes days)")
+                        help="parts to run (default: all but paper_scale, which takes days, and carl, CARL and "
+                             "CARL-Offline on Cartpole and HalfCheetah: at most about 28 core-hours in quick, "
+                             "14 h on 2 cores)")
     parser.add_argument("--preset", choices=("smoke", "quick", "paper"), default="quick")
     parser.add_argument("--out", default="results")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--env", nargs="+", choices=envs.ENV_NAMES, default=list(envs.ENV_NAMES),
-                        help="the environments to run in comparison, rrl_baselines and mesa_variants "
+                        help="the environments to run in comparison, rrl_baselines, mesa_variants and carl "
                              "(each runs those it covers; default: all six)")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="the comparison's and paper_scale's seeds 0..N-1 (default: comparison 3 for "
-                             "quick, 10 on the navigation tasks, 5 for paper; paper_scale 5 HalfCheetah, 3 Ant)")
+                        help="the comparison's, carl's and paper_scale's seeds 0..N-1 (default: comparison 3 for "
+                             "quick, 10 on the navigation tasks, 5 for paper; carl 3; paper_scale 5 HalfCheetah, 3 Ant)")
     parser.add_argument("--summaries-only", action="store_true",
                         help="run nothing: rewrite the summaries of the parts in --only from the finished "
                              f"runs under --out ({', '.join(SUMMARY_PARTS)})")
@@ -306,6 +345,7 @@ def main(argv=None) -> None:
                  *a, env_names=[e for e in studies.MESA_VARIANT_ENVS if e in args.env]), "figure2": studies.figure2, "figure6": studies.figure6,
              "outer_lr": studies.outer_lr, "eps_risk": studies.eps_risk, "long": studies.long_phase3,
              "raw_inputs": studies.raw_inputs,
+             "carl": lambda *a: carl_comparison(*a, env_names=[e for e in CARL_ENVS if e in args.env], n_seeds=args.seeds),
              "paper_scale": lambda *a: studies.paper_scale(
                  *a, env_names=[e for e in studies.PAPER_SCALE_SEEDS if e in args.env], seeds=args.seeds)}
     for name in args.only:

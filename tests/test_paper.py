@@ -237,3 +237,23 @@ def test_paper_scale_runs_ants_authors_mesa_after_every_seed_of_the_others(tmp_p
     assert rows[:15] == [("ant", m, False, s) for s in range(3) for m in paper_rows] + [("ant", "mesa", True, s) for s in range(3)]
     assert rows[15:] == [("halfcheetah", m, a, s) for s in range(5) for m, a in [(m, False) for m in paper_rows] + [("mesa", True)]]
 
+
+
+def test_carl_part_adds_its_rows_to_the_comparisons_summary_and_keeps_them(tmp_path, monkeypatch):
+    """paper.py --only carl runs CARL and CARL-Offline into the comparison's folders; the summary then
+    has the comparison's rows and theirs, rewritten alike by --summaries-only (carl or comparison)."""
+    monkeypatch.setattr(studies, "SUMMARISE_ONLY", False)      # restored after the test: main sets it
+    out, data = tmp_path / "r", str(tmp_path / "data")
+    paper.comparison(str(out), "smoke", 1, data, env_names=("cartpole",), n_seeds=1)
+    table = paper.carl_comparison(str(out), "smoke", 1, data, env_names=("cartpole",), n_seeds=1)
+    assert "| cartpole | CARL | 1 |" in table and "| cartpole | CARL-Offline | 1 |" in table
+    assert all((out / "cartpole" / m / "seed0" / "episodes.csv").exists() for m in paper.carl.CARL_METHODS)
+    summary = (out / "cartpole" / "summary.json").read_text()
+    assert set(json.loads(summary)["methods"]) == set(paper.mesa.METHODS + paper.carl.CARL_METHODS)
+    assert "carl" in paper.SUMMARY_PARTS and "carl" in paper.PARTS and "carl" not in paper.DEFAULT_PARTS
+    for part in ("carl", "comparison"):
+        (out / "cartpole" / "summary.json").unlink()
+        paper.main(["--summaries-only", "--only", part, "--env", "cartpole", "--seeds", "1", "--preset", "smoke",
+                    "--out", str(out), "--data-root", str(tmp_path / "empty")])
+        assert (out / "cartpole" / "summary.json").read_text() == summary, part
+    assert not (tmp_path / "empty").exists()
