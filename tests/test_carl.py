@@ -15,6 +15,7 @@ import evaluate
 import experiment
 import presets
 import run
+import timing
 from carl import CARLConfig, ProbabilisticEnsemble
 from conftest import random_dataset
 
@@ -342,3 +343,26 @@ def test_evaluate_replays_a_carl_run_with_its_planner(tmp_path, capsys):
         evaluate.main([str(folder), "--levels"])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "needs a run with a critic" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- time estimates
+
+def test_time_estimates_count_carls_pretraining_episodes(tmp_path):
+    """quick CARL jobs have an estimate (timing.QUICK_SECONDS); a finished run's metrics.json gives
+    seconds per pretraining episode (the random one included) and per Phase-3 episode."""
+    hp, episodes = presets.job_config("cartpole", "carl", "quick", "paper", {})
+    quick = experiment.Job("cartpole", "carl", 0, "quick", hp, episodes, str(tmp_path / "none" / "quick"), "data",
+                           "default", "none")
+    per_pretraining, per_episode = timing.QUICK_SECONDS["cartpole"]["carl"]
+    assert timing.estimate_seconds(quick) == pytest.approx(51 * per_pretraining + 200 * per_episode)
+    assert all(timing.estimate_seconds(dataclasses.replace(quick, env=e, method=m)) > 3600
+               for e in ("cartpole", "halfcheetah", "ant") for m in carl.CARL_METHODS)
+    folder = tmp_path / "runs" / "smoke_x" / "cartpole" / "carl" / "seed0"
+    folder.mkdir(parents=True)
+    smoke_hp = presets.job_config("cartpole", "carl", "smoke", "paper", {"carl.pretrain_episodes": 4})[0]
+    (folder / "config.json").write_text(json.dumps({"preset": "smoke", "episodes": 10,
+                                                    "hyperparameters": dataclasses.asdict(smoke_hp)}))
+    (folder / "metrics.json").write_text(json.dumps({"timings": {"phase1": 10.0, "phase3": 30.0}}))
+    job = experiment.Job("cartpole", "carl", 1, "smoke", smoke_hp, 7, str(tmp_path / "runs" / "smoke_y"), "data",
+                         "default", "none")
+    assert timing.measured_rates(job) == (2.0, 3.0) and timing.estimate_seconds(job) == 5 * 2.0 + 7 * 3.0
