@@ -290,7 +290,12 @@ def test_an_interrupted_carl_run_resumes_exactly(tmp_path, monkeypatch, capsys, 
         with pytest.raises(SystemExit):
             smoke_carl(tmp_path / "cut", data, method)
         assert (folder / "pretraining.pt").exists() and not (folder / "phase1.pt").exists()
-        capsys.readouterr()
+        whole_file = (folder / "pretraining.pt").read_bytes()
+        (folder / "pretraining.pt").write_bytes(whole_file[:100])           # damaged: one line, nothing lost
+        with pytest.raises(SystemExit) as stop:
+            smoke_carl(tmp_path / "cut", data, method)
+        assert stop.value.code == 2 and "pretraining.pt is damaged" in capsys.readouterr().err
+        (folder / "pretraining.pt").write_bytes(whole_file)
     stop_at("phase3.pt", 4)
     with pytest.raises(SystemExit):
         smoke_carl(tmp_path / "cut", data, method)
