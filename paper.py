@@ -225,7 +225,8 @@ def comparison(out: str, preset: str, workers: int, data_root: str = "data", env
         prepare(env, preset, data_root, oracle="mesa")
     run_missing(jobs, workers)
     for env in env_names:    # with CARL's rows where the carl part has runs there
-        report.summarise(os.path.join(out, env), env, COMPARED, seeds[env], envs.HAS_SUCCESS[env], preset)
+        report.summarise(os.path.join(out, env), env, None, None, envs.HAS_SUCCESS[env], preset,
+                         folders=current_folders(env, COMPARED, seeds[env], out, preset, data_root))
         if env in evaluate.POINT_ENVS and not studies.SUMMARISE_ONLY:
             draw_paths(os.path.join(out, env), seeds[env])
     return comparison_table(out, envs.ENV_NAMES) + "\n\n" + claims_table(out, envs.ENV_NAMES)
@@ -254,10 +255,19 @@ def carl_comparison(out: str, preset: str, workers: int, data_root: str = "data"
     run_missing(jobs, workers)
     for env in env_names:
         every = range(max(len(seeds), comparison_seeds(preset, env)))    # the comparison's seeds too
-        report.summarise(os.path.join(out, env), env, COMPARED, every, envs.HAS_SUCCESS[env], preset)
+        report.summarise(os.path.join(out, env), env, None, None, envs.HAS_SUCCESS[env], preset,
+                         folders=current_folders(env, COMPARED, every, out, preset, data_root))
     return comparison_table(out, env_names) + (
         "\n\nMean ± standard error over seeds; CARL and CARL-Offline have no critic (no AUROC). "
         "Command: python3 paper.py --only carl (docs/carl.md)")
+
+
+def current_folders(env: str, methods, seeds, out: str, preset: str, data_root: str) -> dict[str, list[str]]:
+    """{method: the folders of its runs finished under today's configuration}: a summary never mixes
+    in a run made with other settings that still lies in its folder (e.g. Ant's MESA from when quick
+    cut its meta-steps to 1500, until its rerun replaces it)."""
+    jobs = {m: [job(env, m, s, out, preset, data_root) for s in seeds] for m in methods}
+    return {m: [j.folder for j in method_jobs if experiment.finished(j)] for m, method_jobs in jobs.items()}
 
 
 def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:

@@ -458,7 +458,8 @@ def paper_scale(out: str, preset: str, workers: int, data_root: str = "data",
         order = sorted(jobs, key=lambda row_seed: row_seed[0] in PAPER_SCALE_LAST.get(env, ()))   # stable
         prepare(env, preset, data_root)
         run_missing([jobs[k] for k in order], workers)
-        folders = {row: [jobs[row, s].folder for s in range(n)] for row, _, _ in PAPER_SCALE_ROWS}
+        folders = {row: [jobs[row, s].folder for s in range(n) if experiment.finished(jobs[row, s])]
+                   for row, _, _ in PAPER_SCALE_ROWS}      # today's configuration only
         tables.append(report.summarise(os.path.join(out, "paper_scale", env), env, None, None,
                                        envs.HAS_SUCCESS[env], preset, folders=folders))
     return "\n\n".join(tables)

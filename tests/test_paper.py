@@ -163,6 +163,14 @@ def test_summaries_only_rewrites_the_summaries_and_runs_nothing(tmp_path, capsys
     assert not (tmp_path / "empty").exists()                                  # no dataset made
     after = sorted(p for p in tmp_path.rglob("*") if p.name not in ("summary.json", "RESULTS_comparison.md"))
     assert after == [p for p in before if p.name != "RESULTS_comparison.md"]  # no run started, nothing else written
+    config = json.loads((out / "navigation1" / "rrl" / "seed0" / "config.json").read_text())
+    config["hyperparameters"]["sac"]["batch_size"] += 1      # a run made with other settings
+    config["run_key"] = "of-those-settings"
+    (out / "navigation1" / "rrl" / "seed0" / "config.json").write_text(json.dumps(config))
+    paper.main(["--summaries-only", "--only", "comparison", "--env", "navigation1", "--seeds", "1",
+                "--preset", "smoke", "--out", str(out), "--data-root", str(tmp_path / "empty")])
+    assert set(json.loads((out / "navigation1" / "summary.json").read_text())["methods"]) == \
+        set(paper.mesa.METHODS) - {"rrl"}                      # left out, not mixed in
     with pytest.raises(SystemExit) as stop:
         paper.main(["--summaries-only", "--only", "figure2", "--out", str(out)])
     assert stop.value.code == 2 and "figure2 computes more" in capsys.readouterr().err
