@@ -8,10 +8,11 @@ module as the bookkeeping around it. Nothing here trains anything.
 - `danger_labels`: a held-out transition is positive when a violation happens at it or within the
   next `horizon` steps of the same rollout (experiment.py uses horizon = round(1 / (1 - gamma_risk)), the
   effective horizon of the discounted violation probability Q_risk estimates).
-- `summarise`: per environment, mean +- standard error over seeds of the final cumulative
-  violations and the final return / success rate (mean over the last 10% of episodes), and two
-  figures in the style of the paper's Figure 3: cumulative violations vs. episode and the learning
-  curve, mean +- s.e. shaded, one colour per method.
+- `summarise`: per environment, each method's final cumulative violations and final return /
+  success rate (mean over the last 10% of episodes) per seed, with the mean's 95% interval and
+  standard error; the comparisons the paper's claims are about (`paper_claim`), tested by
+  stats.py's intervals and written rule; and two figures in the style of the paper's Figure 3:
+  cumulative violations vs. episode and the learning curve, mean +- s.e. shaded, one colour per method.
 """
 from __future__ import annotations
 
