@@ -331,7 +331,7 @@ def run_one(job: Job) -> dict:
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
     start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None
     progress = Phase3Progress.start(env, safety, job.episodes, job.seed, test)
-    rows, seconds_before = resume_phase3(job, env, agent, safety, progress)
+    rows, seconds_before = resume_phase3(job, lambda state: restore_phase3(state, env, agent, safety, progress))
     if rows:
         start_state = load_checkpoint(checkpoint_path(job), PHASE3_ADVICE)["start_state"]
     t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
@@ -448,7 +448,7 @@ def run_carl(job: Job) -> dict:
     info = cached_carl_phase1(job, agent, train, test)
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 1 was cached or not
     progress = carl.Adaptation.start(env, job.episodes, job.seed)
-    rows, seconds_before = resume_carl_phase3(job, env, agent, progress)
+    rows, seconds_before = resume_phase3(job, lambda state: carl.restore_phase3(state, env, agent, progress))
     t0, every = time.perf_counter(), job.checkpoint_every or CHECKPOINT_EVERY[job.env]
     with progress_bar(job, "phase3", job.episodes, initial=len(rows)) as bar:
         for row in carl.learn_online(env, agent, job.episodes, job.seed,
@@ -469,21 +469,6 @@ def run_carl(job: Job) -> dict:
     return {"job": job, "violations": sum(r["violation"] for r in rows), "return": rows[-1]["return"],
             "success": float(np.mean([r["success"] for r in rows])) if envs.HAS_SUCCESS[job.env] else np.nan,
             "seconds": info["timings"]["total"]}
-
-
-def resume_carl_phase3(job: Job, env, agent: carl.CARLAgent, progress: carl.Adaptation) -> tuple[list, float]:
-    """resume_phase3 for CARL: (episode rows so far, Phase-3 seconds so far) of this run's
-    checkpoint, restored into the fresh objects; ([], 0) where there is none or it is another
-    configuration's."""
-    path = checkpoint_path(job)
-    if not os.path.exists(path):
-        return [], 0.0
-    state = load_checkpoint(path, PHASE3_ADVICE)
-    if state["key"] != job.key():
-        return [], 0.0
-    carl.restore_phase3(state, env, agent, progress)
-    print(f"resumed {job.env}/{job.method}/seed{job.seed} at episode {progress.episode}", flush=True)
-    return state["rows"], state["seconds"]
 
 
 def pretraining_path(job: Job) -> str:
@@ -540,17 +525,18 @@ def check_files(job: Job) -> None:
             load_checkpoint(path, advice)
 
 
-def resume_phase3(job: Job, env, agent: SAC, safety: Safety | None, progress: Phase3Progress) -> tuple[list, float]:
-    """(episode rows so far, Phase-3 seconds so far) of this run's checkpoint, restored into the
-    fresh objects; ([], 0) where there is none or it belongs to another configuration."""
+def resume_phase3(job: Job, restore) -> tuple[list, float]:
+    """(episode rows so far, Phase-3 seconds so far) of this run's checkpoint, which restore(state)
+    puts into the fresh objects (recovery_rl's or carl's restore_phase3); ([], 0) where there is
+    none or it belongs to another configuration."""
     path = checkpoint_path(job)
     if not os.path.exists(path):
         return [], 0.0
     state = load_checkpoint(path, PHASE3_ADVICE)
     if state["key"] != job.key():
         return [], 0.0
-    restore_phase3(state, env, agent, safety, progress)
-    print(f"resumed {job.env}/{job.method}/seed{job.seed} at episode {progress.episode}", flush=True)
+    restore(state)
+    print(f"resumed {job.env}/{job.method}/seed{job.seed} at episode {len(state['rows'])}", flush=True)
     return state["rows"], state["seconds"]
 
 
