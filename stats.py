@@ -45,11 +45,13 @@ def _t(df: float, level: float = LEVEL) -> float:
     return float(stats.t.ppf((1 + level) / 2, df)) if np.isfinite(df) else float(stats.norm.ppf((1 + level) / 2))
 
 
-def welch_df(se_a: float, n_a: int, se_b: float, n_b: int) -> float:
-    """Welch-Satterthwaite degrees of freedom of a difference of two independent means (the
-    vectorised `fieller` writes it out for its own terms)."""
-    numerator, denominator = (se_a**2 + se_b**2) ** 2, se_a**4 / (n_a - 1) + se_b**4 / (n_b - 1)
-    return numerator / denominator if denominator > 0 else float("inf")
+def welch_df(se_a, n_a, se_b, n_b):
+    """Welch-Satterthwaite degrees of freedom of a difference of two independent means (numpy
+    arrays broadcast; infinite where both standard errors are 0)."""
+    var_a, var_b = np.asarray(se_a, np.float64) ** 2, np.asarray(se_b, np.float64) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = (var_a + var_b) ** 2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
+    return np.where(var_a + var_b > 0, df, np.inf)
 
 
 # ----------------------------------------------------------------------------- one method
@@ -77,8 +79,7 @@ def fieller(ma, sa, na, mb, sb, nb, level: float = LEVEL, floor: float = -np.inf
     ma, sa, mb, sb = (np.asarray(x, np.float64) for x in (ma, sa, mb, sb))
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where(mb != 0, ma / np.where(mb != 0, mb, 1), 1.0)
-        var_a, var_b = sa**2, (rho * sb) ** 2
-        df = np.where(var_a + var_b > 0, (var_a + var_b) ** 2 / (var_a**2 / (na - 1) + var_b**2 / (nb - 1)), np.inf)
+    df = welch_df(sa, na, rho * sb, nb)     # of ma - rho mb
     t = stats.t.ppf((1 + level) / 2, np.where(np.isfinite(df), df, 1e12))
     A, B, C = mb**2 - t**2 * sb**2, -2 * ma * mb, ma**2 - t**2 * sa**2
     bounded = A > 0
@@ -106,7 +107,7 @@ def difference_interval(a, b, level: float = LEVEL) -> tuple[float, float, float
     if len(a) < 2 or len(b) < 2:
         return None
     (ma, sa, na), (mb, sb, nb) = _moments(a), _moments(b)
-    half = _t(welch_df(sa, na, sb, nb), level) * np.hypot(sa, sb)
+    half = _t(float(welch_df(sa, na, sb, nb)), level) * np.hypot(sa, sb)
     return ma - mb, ma - mb - half, ma - mb + half
 
 
