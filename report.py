@@ -375,6 +375,22 @@ def interval_cell(summary: dict, key: str, fmt: str) -> str:
     return fmt.format(summary[key]) + ("" if interval is None else " " + interval_text(*interval, fmt=fmt))
 
 
+def marks_table(summary: dict) -> str:
+    """Cumulative violations after episodes 60, 100, 250 and the last, mean ± s.e. per method: how
+    a long run reads against quick's 60 episodes ("" where no run is longer than the first mark)."""
+    marks = [m for m in VIOLATION_MARKS if any(str(m) in s["cumulative_violations_at"] for s in summary.values())]
+    if not any(s["episodes"] > VIOLATION_MARKS[0] for s in summary.values()):
+        return ""
+    lines = ["| method | " + " | ".join(f"after episode {m}" for m in marks) + " | after the last |",
+             "|---|" + "---|" * (len(marks) + 1)]
+    for method, s in summary.items():
+        at = s["cumulative_violations_at"]
+        cells = [cell(at, str(m), "{:.1f} ± {:.1f}") for m in marks]
+        last = cell(s, "cumulative_violations", "{:.1f} ± {:.1f}") + f" ({s['episodes']})"
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + f" | {last} |")
+    return "\n".join(lines)
+
+
 def cell(summary: dict, key: str, fmt: str = "{:.3f} ± {:.3f}") -> str:
     """summary[key] ± summary[key + "_se"] as text; "-" where there is no value."""
     return "-" if summary.get(key) is None else fmt.format(summary[key], summary[f"{key}_se"])
@@ -441,6 +457,11 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
              "eps_risk, after Phases 1 and 2 and at the end of Phase 3 (mean over seeds; - for runs "
              "made before it was recorded): where it is high, the filter fires on safe states.\n\n"
              "![cumulative violations](cumulative_violations.png) ![learning curve](learning_curve.png)\n")
+    marks = marks_table(summary)
+    if marks:
+        notes += ("\n## Cumulative violations along the run\n\nMean ± standard error over seeds after "
+                  "each episode (quick's comparison stops at 60; the last column gives the episodes run).\n\n"
+                  + marks + "\n")
     found = comparisons(env, summary)
     if found:
         notes += ("\n## Comparisons\n\nThe ratio of mean final cumulative violations with Fieller's 95% "

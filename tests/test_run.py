@@ -781,3 +781,18 @@ def test_the_papers_claims_and_the_pairs_every_summary_compares():
     assert found["mesa vs rrl"]["verdict"] == "reproduced" and found["mesa vs multitask"]["verdict"] == "undecided"
     table = report.comparisons_table(found)
     assert "| MESA vs RRL | 3 / 3 | 0.10 [" in table and "fewer (x0.5) | reproduced |" in table
+
+
+def test_long_runs_report_cumulative_violations_at_quicks_marks():
+    def run(violating_episodes, n):
+        violation = np.isin(np.arange(n), violating_episodes).astype(float)
+        return {"episode": np.arange(n, dtype=float), "violation": violation, "cumulative_violations": np.cumsum(violation),
+                "return": np.zeros(n), "success": np.zeros(n), "recovery_fraction": np.zeros(n)}
+    runs = [run([0, 59, 60, 99, 100, 299], 300), run([10, 200], 300)]
+    s = report.method_summary(runs, [{"critic": {}}, {"critic": {}}], has_success=False)
+    at = s["cumulative_violations_at"]
+    assert (at["60"], at["100"], at["250"]) == (1.5, 2.5, 3.5) and s["cumulative_violations"] == 4.0
+    table = report.marks_table({"mesa": s})
+    assert "| MESA | 1.5 ± 0.5 | 2.5 ± 1.5 | 3.5 ± 1.5 | 4.0 ± 2.0 (300) |" in table
+    short = report.method_summary([run([3], 60)], [{"critic": {}}], has_success=False)
+    assert report.marks_table({"mesa": short}) == ""          # quick's own length: nothing to add
