@@ -34,9 +34,11 @@ COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "
            "cumulative_violations")
 COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red",
            "rrl_oracle": "tab:purple", "lr": "tab:olive", "sqrl": "tab:cyan",
-           "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black", "carl": "tab:orange", "carl_offline": "gold"}
+           "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black", "carl": "tab:orange", "carl_offline": "gold",
+           "mesa_authors": "darkred", "multitask_authors": "darkgreen"}
 MARKERS = {"unconstrained": "s", "rrl": "^", "multitask": "D", "mesa": "o", "rrl_oracle": "v", "lr": "<",
-           "sqrl": ">", "rspo": "P", "rp": "X", "rcpo": "*", "carl": "h", "carl_offline": "H"}
+           "sqrl": ">", "rspo": "P", "rp": "X", "rcpo": "*", "carl": "h", "carl_offline": "H",
+           "mesa_authors": "p", "multitask_authors": "d"}
 LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
           "rrl_oracle": "RRL-oracle", "lr": "LR", "sqrl": "SQRL", "rspo": "RSPO",
           "rp": "RP", "rcpo": "RCPO", "mesa_authors": "MESA (authors' variant)",

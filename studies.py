@@ -1,13 +1,13 @@
 """The studies beyond the comparison, run by paper.py (docs/results.md), and the pieces every
 paper.py experiment is built from (a preset's job, dataset preparation, worker pools).
 
-  figure2        Maze, Multi-Task vs. MESA: after Phase 1, adapt on D_test and score Q_risk on the
+  figure2        Maze, Multi-Task vs. MESA and the authors' MESA: after Phase 1, adapt on D_test and score Q_risk on the
                  held-out set after each of ADAPT_STEPS steps (AUROC and loss against adaptation
                  steps); Q_risk heatmaps over the maze after HEATMAP_STEPS steps (paper Figure 2).
   figure6        HalfCheetah-Disabled, MESA vs. Multi-Task: the first 1, 1/2, ..., 1/16 of D_test,
                  and the partial-power-loss test task (paper Figure 6, section 6.2).
   mesa_variants  MESA as the paper describes it vs. as its authors' code ran it (--mesa-variant
-                 authors), beside Multi-Task, on HalfCheetah, Ant, Navigation 1 and Cartpole; the
+                 authors), beside Multi-Task, on HalfCheetah, Ant, Navigation 1, Cartpole and the Maze; the
                  paper variants are the comparison's runs (docs/mesa_variants.md).
   outer_lr       MESA's Phase-1 critic on HalfCheetah and Ant at outer learning rates OUTER_LRS.
   eps_risk       Navigation 1, the three methods with a critic at each eps_risk of EPS_RISKS.
@@ -45,6 +45,7 @@ from sac import atomic_write  # noqa: E402
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 HEATMAP_STEPS = (0, 10, 500)
 FIGURE2_SEEDS = 5
+FIGURE2_ROWS = (("multitask", "multitask", "paper"), ("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"))
 FIGURE6_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0625)
 FIGURE6_SEEDS = 3
 OUTER_LRS = (1e-5, 1e-4, 1e-3)
@@ -123,8 +124,9 @@ def heatmap(safety: Safety, scale, n: int = 61) -> np.ndarray:
     return q.mean(0).reshape(n, n).numpy()
 
 
-def adaptation_curve(j: experiment.Job) -> dict:
+def adaptation_curve(row_job: tuple[str, experiment.Job]) -> dict:
     """Phase 1, then Phase 2 on D_test with Q_risk scored after each of ADAPT_STEPS steps."""
+    row, j = row_job
     train, test, env, scale = experiment.load_inputs(j)
     heldout = scale(experiment.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
     agent, safety = experiment.fresh_networks(j, env)
@@ -141,26 +143,30 @@ def adaptation_curve(j: experiment.Job) -> dict:
     record(0)
     hp = dataclasses.replace(j.hp, adapt=dataclasses.replace(j.hp.adapt, steps=max(ADAPT_STEPS)))
     mesa.phase2(j.method, safety, test_buffer, agent.policy, hp, lambda step, _: record(step + 1))
-    return {"method": j.method, "seed": j.seed, "curve": curve, "heatmaps": maps}
+    return {"method": row, "seed": j.seed, "curve": curve, "heatmaps": maps}
 
 
 def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    """The paper's Figure 2 on the Maze: Multi-Task's, MESA's and the authors' MESA's (WLinear
+    critic, run.py --mesa-variant authors) Q_risk adapting to the test maze (FIGURE2_ROWS)."""
     folder = os.path.join(out, "figure2")
     prepare("maze", preset, data_root)
-    jobs = [job("maze", m, s, folder, preset, data_root) for m in ("multitask", "mesa") for s in range(FIGURE2_SEEDS)]
+    jobs = [(row, job("maze", method, s, folder, preset, data_root, **presets.variant_changes(variant, "maze", method)))
+            for row, method, variant in FIGURE2_ROWS for s in range(FIGURE2_SEEDS)]
     results = parallel(adaptation_curve, jobs, workers)
     report.write_json(os.path.join(folder, "adaptation.json"),
                       [{k: v for k, v in r.items() if k != "heatmaps"} for r in results])
     np.savez_compressed(os.path.join(folder, "heatmaps.npz"), **{
         f"{r['method']}_{step}_steps": np.array(q) for r in results for step, q in r["heatmaps"].items()})
-    by_method = {m: [r for r in results if r["method"] == m] for m in ("multitask", "mesa")}
+    by_method = {row: [r for r in results if r["method"] == row] for row, _, _ in FIGURE2_ROWS}
     plot_heatmaps(os.path.join(folder, "heatmaps.png"), by_method)
     return plot_adaptation(os.path.join(folder, "adaptation.png"), by_method)
 
 
 def plot_heatmaps(path: str, by_method: dict) -> None:
     """Seed 0's Q_risk maps, one row per method, one column per number of adaptation steps."""
-    fig, axes = plt.subplots(2, len(HEATMAP_STEPS), figsize=(3.2 * len(HEATMAP_STEPS), 6.2), squeeze=False)
+    fig, axes = plt.subplots(len(by_method), len(HEATMAP_STEPS), figsize=(3.2 * len(HEATMAP_STEPS), 3.1 * len(by_method)),
+                             squeeze=False)
     h = point_envs.MAZE_HALF
     for row, (method, runs) in enumerate(by_method.items()):
         for col, step in enumerate(HEATMAP_STEPS):
@@ -337,7 +343,7 @@ def raw_inputs(out: str, preset: str, workers: int, data_root: str = "data") -> 
 
 # ----------------------------------------------------------------------------- MESA variants
 
-MESA_VARIANT_ENVS = ("halfcheetah", "ant", "navigation1", "cartpole")
+MESA_VARIANT_ENVS = ("halfcheetah", "ant", "navigation1", "cartpole", "maze")
 MESA_VARIANT_SEEDS = 3
 # (row name, method, variant): the paper variants are the comparison's own runs
 MESA_VARIANT_ROWS = (("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"),

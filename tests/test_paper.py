@@ -58,9 +58,9 @@ def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
     monkeypatch.setattr(studies, "HEATMAP_STEPS", (0, 4))
     monkeypatch.setattr(studies, "FIGURE2_SEEDS", 1)
     table = studies.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
-    assert "Multi-Task | auroc" in table and "MESA | loss" in table
+    assert "Multi-Task | auroc" in table and "MESA | loss" in table and "MESA (authors' variant) | auroc" in table
     results = json.load(open(tmp_path / "figure2" / "adaptation.json"))
-    assert [r["method"] for r in results] == ["multitask", "mesa"]
+    assert [r["method"] for r in results] == ["multitask", "mesa", "mesa_authors"]
     for r in results:
         assert [p["step"] for p in r["curve"]] == [0, 1, 4]
         assert all(0 <= p["auroc"] <= 1 and p["loss"] >= 0 for p in r["curve"])
