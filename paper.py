@@ -62,7 +62,7 @@ PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2",
 # paper_scale runs for days (docs/results.md), carl for about 14 h on 2 cores: only when asked for
 DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("paper_scale", "carl"))
 # the parts whose tables come from finished runs alone, which --summaries-only can rewrite
-SUMMARY_PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "long", "raw_inputs", "paper_scale",
+SUMMARY_PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure6", "long", "raw_inputs", "paper_scale",
                  "carl")
 COMPARISON_SEEDS = 5
 COMPARED = mesa.METHODS + carl.CARL_METHODS   # the rows of <out>/<env>/summary.*: those with finished runs

@@ -39,6 +39,7 @@ import point_envs  # noqa: E402
 import presets  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
+import stats  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
 from sac import atomic_write  # noqa: E402
 
@@ -48,6 +49,7 @@ FIGURE2_SEEDS = 5
 FIGURE2_ROWS = (("multitask", "multitask", "paper"), ("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "authors"))
 FIGURE6_FRACTIONS = (1.0, 0.5, 0.25, 0.125, 0.0625)
 FIGURE6_SEEDS = 3
+FIGURE6_ROWS = ("multitask", "mesa")
 OUTER_LRS = (1e-5, 1e-4, 1e-3)
 OUTER_LR_SEEDS = 3
 EPS_RISKS = (0.3, 0.5, 0.7)      # Navigation 1; the paper's value first
@@ -215,35 +217,73 @@ def plot_adaptation(path: str, by_method: dict) -> str:
 
 # ----------------------------------------------------------------------------- Figure 6
 
-def figure6(out: str, preset: str, workers: int, data_root: str = "data") -> str:
-    """HalfCheetah MESA vs. Multi-Task on shares of D_test and on the partial-power-loss task."""
+def figure6_jobs(out: str, preset: str, data_root: str) -> dict[str, list[experiment.Job]]:
+    """{condition: its jobs}: MESA and Multi-Task on each share of D_test (the full D_test is the
+    comparison's own runs, shared with it) and on the partial-power-loss task."""
     conditions = {f"D_test x {f:g}": dict(test_fraction=f) for f in FIGURE6_FRACTIONS}
     conditions["partial power loss"] = dict(test_variant="partial")
-    prepare("halfcheetah", preset, data_root), prepare("halfcheetah", preset, data_root, "partial")
-    folders, jobs = {}, []
+    jobs = {}
     for name, change in conditions.items():
-        # the full D_test is the comparison's own setting: its runs are shared with it
         folder = out if change == {"test_fraction": 1.0} else os.path.join(out, "figure6", name.replace(" ", "_"))
-        folders[name] = folder
-        for method in ("multitask", "mesa"):
-            for seed in range(FIGURE6_SEEDS):
-                jobs.append(job("halfcheetah", method, seed, folder, preset, data_root, **change))
-    run_missing(jobs, workers)
-    lines = ["| condition | method | cumulative violations | final return | Q_risk AUROC after Phase 2 |",
-             "|---|---|---|---|---|"]
-    points = {}
-    for name, folder in folders.items():
-        for method in ("multitask", "mesa"):
-            runs = [os.path.join(folder, "halfcheetah", method, f"seed{s}") for s in range(FIGURE6_SEEDS)]
-            eps = [report.read_episodes(os.path.join(r, "episodes.csv")) for r in runs]
-            auroc = [json.load(open(os.path.join(r, "metrics.json")))["critic"]["after_phase2"]["auroc"] for r in runs]
-            v, ret, a = (report.mean_se(x) for x in ([e["cumulative_violations"][-1] for e in eps],
-                                                      [report.final_value(e["return"]) for e in eps], auroc))
-            auroc_cell = f"{a[0]:.3f} ± {a[1]:.3f}" if np.isfinite(a[0]) else "n/a (no violation in the held-out set)"
-            lines.append(f"| {name} | {report.LABELS[method]} | {v[0]:.1f} ± {v[1]:.1f} | "
-                         f"{ret[0]:.1f} ± {ret[1]:.1f} | {auroc_cell} |")
-            points[(name, method)] = v
-    plot_figure6(os.path.join(out, "figure6", "violations.png"), points)
+        jobs[name] = [job("halfcheetah", method, seed, folder, preset, data_root, **change)
+                      for method in FIGURE6_ROWS for seed in range(FIGURE6_SEEDS)]
+    return jobs
+
+
+def figure6(out: str, preset: str, workers: int, data_root: str = "data") -> str:
+    """HalfCheetah MESA vs. Multi-Task on shares of D_test and on the partial-power-loss task."""
+    prepare("halfcheetah", preset, data_root), prepare("halfcheetah", preset, data_root, "partial")
+    jobs = figure6_jobs(out, preset, data_root)
+    run_missing([j for condition in jobs.values() for j in condition], workers)
+    return figure6_summary(out, preset, jobs)
+
+
+def figure6_summary(out: str, preset: str, jobs: dict[str, list[experiment.Job]]) -> str:
+    """<out>/figure6/summary.{md,json} and violations.png from the finished runs of today's
+    configuration: per condition and method report.method_summary, and MESA against Multi-Task by
+    the written rule (the paper's Figure 6: MESA has fewer violations in every condition)."""
+    summary, found = {}, {}
+    for name, condition in jobs.items():
+        rows = {}
+        for method in FIGURE6_ROWS:
+            runs, metrics = report.load_folders([j.folder for j in condition if j.method == method and experiment.finished(j)])
+            if runs:
+                rows[method] = report.method_summary(runs, metrics, has_success=False)
+        summary[name] = rows
+        if len(rows) == len(FIGURE6_ROWS):
+            a, b = rows["mesa"]["per_seed"], rows["multitask"]["per_seed"]
+            found[name] = stats.compare(a["cumulative_violations"], b["cumulative_violations"],
+                                        a["final_return"], b["final_return"], "fewer", 1.0)
+    folder = os.path.join(out, "figure6")
+    report.write_json(os.path.join(folder, "summary.json"), {"env": "halfcheetah", "preset": preset,
+                                                             "conditions": summary, "comparisons": found}, strict=True)
+    table = figure6_table(summary, found)
+    atomic_write(os.path.join(folder, "summary.md"), table + "\n")
+    points = {(name, m): (s["cumulative_violations"], s["cumulative_violations_se"])
+              for name, rows in summary.items() for m, s in rows.items()}
+    if points:
+        plot_figure6(os.path.join(folder, "violations.png"), points)
+    return table
+
+
+def figure6_table(summary: dict, found: dict) -> str:
+    """One line per condition and method, then MESA / Multi-Task per condition with the verdict."""
+    lines = ["| condition | method | seeds | cumulative violations [95% CI] | per seed | return (last 10%) [95% CI] "
+             "| AUROC held-out after Phase 2 | safe D_test above eps_risk after Phase 2 |", "|" + "---|" * 8]
+    for name, rows in summary.items():
+        for method, s in rows.items():
+            level = s["critic_level"]["d_test_after_phase2"]
+            lines.append(f"| {name} | {report.LABELS[method]} | {s['seeds']} | "
+                         f"{report.interval_cell(s, 'cumulative_violations', '{:.1f}')} | "
+                         + ", ".join(f"{v:g}" for v in s["per_seed"]["cumulative_violations"]) + " | "
+                         f"{report.interval_cell(s, 'final_return', '{:.0f}')} | "
+                         f"{report.cell(s['critic_auroc'], 'heldout_after_phase2')} | "
+                         f"{report.cell(level, 'safe_above_eps', '{:.0%}')} |")
+    lines += ["", "| condition | MESA / Multi-Task, cumulative violations [95% CI] | P(a MESA seed has fewer) "
+              "| verdict on \"MESA has fewer\" | seeds needed |", "|---|---|---|---|---|"]
+    for name, c in found.items():
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f} {report.interval_text(*(c['ci95'] or [None, None]))}"
+        lines.append(f"| {name} | {ratio} | {c['probability_fewer']:.2f} | {c['verdict']} | {c.get('seeds_needed') or '-'} |")
     return "\n".join(lines)
 
 
@@ -252,13 +292,18 @@ def plot_figure6(path: str, points: dict) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     names = list(dict.fromkeys(name for name, _ in points))
     for offset, method in ((-0.08, "multitask"), (0.08, "mesa")):
-        means, ses = zip(*(points[(name, method)] for name in names))
-        ax.errorbar(np.arange(len(names)) + offset, means, ses, fmt="o", capsize=3,
+        names_here = [n for n in names if (n, method) in points]
+        if not names_here:
+            continue
+        means, ses = zip(*(points[(name, method)] for name in names_here))
+        ax.errorbar(np.array([names.index(n) for n in names_here]) + offset, means, ses, fmt="o", capsize=3,
                     color=report.COLOURS[method], label=report.LABELS[method])
     ax.set_xticks(range(len(names)), [n.replace("D_test x ", "D_test x\n").replace("partial ", "partial\n") for n in names], fontsize=8)
     top = max(m + s for m, s in points.values())
     ax.set_ylim(0, 1.12 * top if top > 0 else 1)   # from zero, with room above the top error bar
-    ax.set_ylabel("cumulative violations"), ax.set_title("HalfCheetah-Disabled"), ax.legend(loc="lower left")
+    ax.set_ylabel("cumulative violations"), ax.set_xlabel("test data (Phase 2) or test task")
+    ax.set_title("HalfCheetah-Disabled: cumulative violations (mean ± s.e. over seeds)", fontsize=10)
+    ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

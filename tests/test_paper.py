@@ -1,5 +1,7 @@
 """Input scaling, the D_test share of Figure 6, and paper.py's Figure-2 experiment on the smoke preset."""
+import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -265,3 +267,37 @@ def test_carl_part_adds_its_rows_to_the_comparisons_summary_and_keeps_them(tmp_p
                     "--out", str(out), "--data-root", str(tmp_path / "empty")])
         assert (out / "cartpole" / "summary.json").read_text() == summary, part
     assert not (tmp_path / "empty").exists()
+
+
+def test_figure6_summarises_todays_runs_and_decides_each_condition_by_the_rule(tmp_path):
+    out = str(tmp_path / "r")
+    jobs = studies.figure6_jobs(out, "quick", str(tmp_path / "data"))
+    assert list(jobs) == ["D_test x 1", "D_test x 0.5", "D_test x 0.25", "D_test x 0.125", "D_test x 0.0625",
+                          "partial power loss"]
+    assert {j.folder for j in jobs["D_test x 1"]} == {f"{out}/halfcheetah/{m}/seed{s}" for m in ("mesa", "multitask")
+                                                       for s in range(3)}      # shared with the comparison
+    violations = {"mesa": [2, 3, 4], "multitask": [20, 30, 40]}
+
+    def finish(j, n):
+        rows = [{"episode": e, "env_steps": 1000 * e, "return": 100.0, "length": 1000, "violation": int(e < n),
+                 "success": 0.0, "recovery_fraction": 0.0} for e in range(60)]
+        critic = {"after_phase2": {"auroc": 0.9}, "d_test_after_phase2": {"safe_above_eps": 0.03, "median_safe": 0.01}}
+        os.makedirs(j.folder, exist_ok=True)
+        experiment.write_run(j, {"timings": {}, "critic": critic}, rows)
+
+    for j in jobs["D_test x 0.5"]:
+        finish(j, violations[j.method][j.seed])
+    for j in jobs["partial power loss"]:
+        if j.method == "mesa":                            # Multi-Task not run: no comparison
+            finish(j, 1)
+    stale = dataclasses.replace(jobs["D_test x 0.25"][0], episodes=61)    # another configuration's run
+    finish(stale, 5)
+    table = studies.figure6_summary(out, "quick", jobs)
+    summary = json.load(open(tmp_path / "r" / "figure6" / "summary.json"))
+    assert summary["conditions"]["D_test x 0.5"]["mesa"]["per_seed"]["cumulative_violations"] == [2, 3, 4]
+    assert summary["conditions"]["D_test x 0.25"] == {}                   # the stale run is left out
+    assert set(summary["comparisons"]) == {"D_test x 0.5"}
+    assert summary["comparisons"]["D_test x 0.5"]["verdict"] == "reproduced"
+    assert "| D_test x 0.5 | MESA | 3 | 3.0 [" in table and "| 2, 3, 4 | 100 [100, 100] | 0.900 ± 0.000 | 3% |" in table
+    assert "| D_test x 0.5 | 0.10 [" in table and "| reproduced |" in table
+    assert (tmp_path / "r" / "figure6" / "violations.png").stat().st_size > 0
