@@ -20,7 +20,8 @@ Parts (docs/results.md):
               in quick at most (docs/carl.md, "Cost"): 14 h on 2 cores. Runs only with --only carl;
               interrupted, it resumes where it stopped.
   mesa_variants, figure2, figure6, outer_lr, eps_risk, long, raw_inputs, paper_scale
-              the studies beyond the comparison: studies.py says what each one measures.
+              the studies beyond the comparison: figures.py (figure2, figure6) and studies.py
+              (the others) say what each one measures.
               paper_scale (HalfCheetah 500 and Ant 1000 episodes) takes days on 2 cores and runs
               only with --only paper_scale; it resumes where it stopped.
 Outputs go under --out (run.py's layout for the runs), plus one folder per study and
@@ -50,6 +51,7 @@ import datasets  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
 import experiment  # noqa: E402
+import figures  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
@@ -352,7 +354,7 @@ def main(argv=None) -> None:
              "comparison": lambda *a: comparison(*a, env_names=args.env, n_seeds=args.seeds),
              "rrl_baselines": lambda *a: rrl_baselines(*a, env_names=[e for e in RRL_CHECK_EPISODES if e in args.env]),
              "mesa_variants": lambda *a: studies.mesa_variants(
-                 *a, env_names=[e for e in studies.MESA_VARIANT_ENVS if e in args.env]), "figure2": studies.figure2, "figure6": studies.figure6,
+                 *a, env_names=[e for e in studies.MESA_VARIANT_ENVS if e in args.env]), "figure2": figures.figure2, "figure6": figures.figure6,
              "outer_lr": studies.outer_lr, "eps_risk": studies.eps_risk, "long": studies.long_phase3,
              "raw_inputs": studies.raw_inputs,
              "carl": lambda *a: carl_comparison(*a, env_names=[e for e in CARL_ENVS if e in args.env], n_seeds=args.seeds),

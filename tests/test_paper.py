@@ -10,6 +10,7 @@ import datasets
 import envs
 import paper
 import experiment
+import figures
 import presets
 import studies
 from conftest import random_dataset
@@ -56,10 +57,10 @@ def test_test_fraction_and_scaling_change_the_run_key():
 
 
 def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(studies, "ADAPT_STEPS", (0, 1, 4))
-    monkeypatch.setattr(studies, "HEATMAP_STEPS", (0, 4))
-    monkeypatch.setattr(studies, "FIGURE2_SEEDS", 1)
-    table = studies.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
+    monkeypatch.setattr(figures, "ADAPT_STEPS", (0, 1, 4))
+    monkeypatch.setattr(figures, "HEATMAP_STEPS", (0, 4))
+    monkeypatch.setattr(figures, "FIGURE2_SEEDS", 1)
+    table = figures.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data"))
     assert "Multi-Task | auroc" in table and "MESA | loss" in table and "MESA (authors' variant) | auroc" in table
     results = json.load(open(tmp_path / "figure2" / "adaptation.json"))
     assert [r["method"] for r in results] == ["multitask", "mesa", "mesa_authors"]
@@ -271,7 +272,7 @@ def test_carl_part_adds_its_rows_to_the_comparisons_summary_and_keeps_them(tmp_p
 
 def test_figure6_summarises_todays_runs_and_decides_each_condition_by_the_rule(tmp_path):
     out = str(tmp_path / "r")
-    jobs = studies.figure6_jobs(out, "quick", str(tmp_path / "data"))
+    jobs = figures.figure6_jobs(out, "quick", str(tmp_path / "data"))
     assert list(jobs) == ["D_test x 1", "D_test x 0.5", "D_test x 0.25", "D_test x 0.125", "D_test x 0.0625",
                           "partial power loss"]
     assert {j.folder for j in jobs["D_test x 1"]} == {f"{out}/halfcheetah/{m}/seed{s}" for m in ("mesa", "multitask")
@@ -292,7 +293,7 @@ def test_figure6_summarises_todays_runs_and_decides_each_condition_by_the_rule(t
             finish(j, 1)
     stale = dataclasses.replace(jobs["D_test x 0.25"][0], episodes=61)    # another configuration's run
     finish(stale, 5)
-    table = studies.figure6_summary(out, "quick", jobs)
+    table = figures.figure6_summary(out, "quick", jobs)
     summary = json.load(open(tmp_path / "r" / "figure6" / "summary.json"))
     assert summary["conditions"]["D_test x 0.5"]["mesa"]["per_seed"]["cumulative_violations"] == [2, 3, 4]
     assert summary["conditions"]["D_test x 0.25"] == {}                   # the stale run is left out
