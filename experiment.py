@@ -359,7 +359,7 @@ def run_one(job: Job) -> dict:
                      "safety": safety.state_dict() if safety is not None else None,
                      "obs_scale": None if stats is None else tuple(torch.from_numpy(s) for s in stats)},
                     os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)
-    info["timings"]["total"] = time.perf_counter() - t_start
+    info["timings"]["total"] = seconds_before + time.perf_counter() - t_start   # with Phase 3 before a resumption
     write_run(job, info, rows)
     if os.path.exists(checkpoint_path(job)) and not job.keep_checkpoint:
         os.remove(checkpoint_path(job))
@@ -462,7 +462,7 @@ def run_carl(job: Job) -> dict:
     env.close()
     info["timings"]["phase3"] = seconds_before + time.perf_counter() - t0
     save_checkpoint({"key": job.key(), "carl": agent.state_dict()}, os.path.join(job.folder, "final.pt"))
-    info["timings"]["total"] = time.perf_counter() - t_start
+    info["timings"]["total"] = seconds_before + time.perf_counter() - t_start   # with Phase 3 before a resumption
     write_run(job, {**info, "critic": {}}, rows)
     if os.path.exists(checkpoint_path(job)) and not job.keep_checkpoint:
         os.remove(checkpoint_path(job))

@@ -479,12 +479,17 @@ def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeyp
     monkeypatch.undo()
     folder = config_dir(tmp_path / "cut", *options[4:]) / "navigation1" / method / "seed0"
     assert (folder / "phase3.pt").exists() and not (folder / "episodes.csv").exists()
+    state = torch.load(folder / "phase3.pt", weights_only=True)
+    state["seconds"] = 1000.0                    # as if the first process had run Phase 3 for 1000 s
+    sac_module.save_checkpoint(state, folder / "phase3.pt")
     capsys.readouterr()
     smoke(tmp_path / "cut", data_root, *options)
     assert f"resumed navigation1/{method}/seed0 at episode 4" in capsys.readouterr().out
     whole = config_dir(tmp_path / "whole", *options[4:]) / "navigation1" / method / "seed0"
     assert (folder / "episodes.csv").read_text() == (whole / "episodes.csv").read_text()
     assert not (folder / "phase3.pt").exists()
+    timings = json.loads((folder / "metrics.json").read_text())["timings"]
+    assert timings["phase3"] >= 1000 and timings["total"] >= timings["phase3"]   # the time before the stop counts in both
 
 
 def test_progress_csv_logs_losses_filter_rate_and_speed(sweep):
