@@ -211,8 +211,7 @@ def figure6_table(summary: dict, found: dict) -> str:
     lines += ["", "| condition | MESA / Multi-Task, cumulative violations [95% CI] | P(a MESA seed has fewer) "
               "| verdict on \"MESA has fewer\" | seeds needed |", "|---|---|---|---|---|"]
     for name, c in found.items():
-        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f} {report.interval_text(*(c['ci95'] or [None, None]))}"
-        lines.append(f"| {name} | {ratio} | {c['probability_fewer']:.2f} | {c['verdict']} | {c.get('seeds_needed') or '-'} |")
+        lines.append(f"| {name} | {report.ratio_cell(c)} | {c['probability_fewer']:.2f} | {c['verdict']} | {c.get('seeds_needed') or '-'} |")
     return "\n".join(lines)
 
 

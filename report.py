@@ -360,13 +360,20 @@ def comparisons_table(found: dict) -> str:
              "return a - b [95% CI] | paper's claim | verdict | seeds needed |", "|" + "---|" * 8]
     for pair, c in found.items():
         a, b = pair.split(" vs ")
-        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f} {interval_text(*(c['ci95'] or [None, None]))}"
+        ratio = ratio_cell(c)
         diff = "-" if c.get("return_difference") is None else \
             f"{c['return_difference']:.1f} {interval_text(*c['return_difference_ci95'], fmt='{:.1f}')}"
         lines.append(f"| {LABELS.get(a, a)} vs {LABELS.get(b, b)} | {c['seeds'][0]} / {c['seeds'][1]} | {ratio} | "
                      f"{c['probability_fewer']:.2f} | {diff} | {claim_text(c)} | {c.get('verdict') or '-'} | "
                      f"{c.get('seeds_needed') or '-'} |")
     return "\n".join(lines)
+
+
+def ratio_cell(comparison: dict) -> str:
+    """A comparison's ratio of cumulative violations and its interval, e.g. "0.89 [0.49, 1.54]"."""
+    if comparison["ratio"] is None:
+        return "-"
+    return f"{comparison['ratio']:.2f} {interval_text(*(comparison['ci95'] or [None, None]))}"
 
 
 def interval_cell(summary: dict, key: str, fmt: str) -> str:
@@ -380,9 +387,9 @@ def interval_cell(summary: dict, key: str, fmt: str) -> str:
 def marks_table(summary: dict) -> str:
     """Cumulative violations after episodes 60, 100, 250 and the last, mean ± s.e. per method: how
     a long run reads against quick's 60 episodes ("" where no run is longer than the first mark)."""
-    marks = [m for m in VIOLATION_MARKS if any(str(m) in s["cumulative_violations_at"] for s in summary.values())]
     if not any(s["episodes"] > VIOLATION_MARKS[0] for s in summary.values()):
         return ""
+    marks = [m for m in VIOLATION_MARKS if any(str(m) in s["cumulative_violations_at"] for s in summary.values())]
     lines = ["| method | " + " | ".join(f"after episode {m}" for m in marks) + " | after the last |",
              "|---|" + "---|" * (len(marks) + 1)]
     for method, s in summary.items():
