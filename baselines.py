@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common import require
 from recovery_rl import Safety
-from sac import SAC, SACConfig, require
+from sac import SAC, SACConfig
 
 BASELINES = ("lr", "sqrl", "rspo", "rp", "rcpo")
 LAGRANGIAN = ("lr", "sqrl", "rspo")          # nu (Q_risk(s, pi(s)) - eps) in the actor's loss

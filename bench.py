@@ -39,7 +39,8 @@ import envs
 import mesa
 import presets
 from recovery_rl import Safety, phase3_step, safety_bellman_target, sample_class_balanced
-from sac import SAC, ReplayBuffer, soft_q_target
+from replay_buffer import ReplayBuffer
+from sac import SAC, soft_q_target
 
 OBS, ACT = 17, 6  # HalfCheetah sizes
 BATCH = 256       # every batch; main() sets it from --batch

@@ -36,8 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import envs
+from common import global_rng_state, require, set_global_rng_state
 from point_envs import MAZE_GOAL
-from sac import ReplayBuffer, global_rng_state, require, set_global_rng_state
+from replay_buffer import ReplayBuffer
 
 CARL_METHODS = ("carl", "carl_offline")
 RISKS = ("state", "reward", "none")

@@ -34,8 +34,9 @@ import torch
 
 import envs
 import point_envs
+from common import OneLineParser, atomic_write
 from generators import DIMS, POINT_ENVS, CollectSpec, collect, draw_from_replay, subsample
-from sac import FIELDS, OneLineParser, atomic_write
+from replay_buffer import FIELDS
 
 FORMAT_VERSION = 2
 PRESETS = ("smoke", "quick", "paper")

@@ -37,10 +37,12 @@ import carl  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import experiment  # noqa: E402
+import jobspec  # noqa: E402
 import point_envs  # noqa: E402
 import report  # noqa: E402
+from common import OneLineParser  # noqa: E402
 from recovery_rl import RecoveryConfig, Safety  # noqa: E402
-from sac import SAC, OneLineParser, SACConfig  # noqa: E402
+from sac import SAC, SACConfig  # noqa: E402
 
 POINT_ENVS = ("navigation1", "navigation2", "maze")
 VIDEO_FPS = 30
@@ -60,8 +62,8 @@ class SavedAgent:
             with open(paths[0]) as f:
                 self.config = config = json.load(f)
         except ValueError:
-            raise experiment.DamagedFile(f"{paths[0]} is damaged (not JSON): {rerun}") from None
-        state = experiment.load_checkpoint(paths[1], rerun)
+            raise jobspec.DamagedFile(f"{paths[0]} is damaged (not JSON): {rerun}") from None
+        state = jobspec.load_checkpoint(paths[1], rerun)
         hp = config["hyperparameters"]
         self.env_name = config["env"]
         task = envs.test_task(self.env_name, config["test_variant"])
@@ -87,7 +89,7 @@ class SavedAgent:
 
     def _statistics_from_datasets(self):
         c = self.config
-        job = experiment.Job(c["env"], c["method"], c["seed"], c["preset"], None, c["episodes"], "", c["data_root"],
+        job = jobspec.Job(c["env"], c["method"], c["seed"], c["preset"], None, c["episodes"], "", c["data_root"],
                       c["test_variant"], "none", c.get("test_fraction", 1.0), c.get("scale_inputs", True))
         return experiment.observation_statistics(job)
 
@@ -162,7 +164,7 @@ class SavedAgent:
         if self.safety is None or not os.path.exists(path):
             return None
         safety = copy.deepcopy(self.safety)
-        state = experiment.load_checkpoint(path, "delete it to see the final critic's levels alone")
+        state = jobspec.load_checkpoint(path, "delete it to see the final critic's levels alone")
         safety.load_state_dict(state["safety"])
         return safety
 

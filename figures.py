@@ -23,13 +23,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import envs  # noqa: E402
 import experiment  # noqa: E402
+import jobspec  # noqa: E402
 import mesa  # noqa: E402
 import point_envs  # noqa: E402
 import presets  # noqa: E402
 import report  # noqa: E402
 import stats  # noqa: E402
+from common import atomic_write  # noqa: E402
 from recovery_rl import Safety  # noqa: E402
-from sac import atomic_write  # noqa: E402
 import studies  # noqa: E402
 
 ADAPT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -55,7 +56,7 @@ def heatmap(safety: Safety, scale, n: int = 61) -> np.ndarray:
     return q.mean(0).reshape(n, n).numpy()
 
 
-def adaptation_curve(row_job: tuple[str, experiment.Job]) -> dict:
+def adaptation_curve(row_job: tuple[str, jobspec.Job]) -> dict:
     """Phase 1, then Phase 2 on D_test with Q_risk scored after each of ADAPT_STEPS steps."""
     row, j = row_job
     train, test, env, scale = experiment.load_inputs(j)
@@ -146,7 +147,7 @@ def plot_adaptation(path: str, by_method: dict) -> str:
 
 # ----------------------------------------------------------------------------- Figure 6
 
-def figure6_jobs(out: str, preset: str, data_root: str) -> dict[str, list[experiment.Job]]:
+def figure6_jobs(out: str, preset: str, data_root: str) -> dict[str, list[jobspec.Job]]:
     """{condition: its jobs}: MESA and Multi-Task on each share of D_test (the full D_test is the
     comparison's own runs, shared with it) and on the partial-power-loss task."""
     conditions = {f"D_test x {f:g}": dict(test_fraction=f) for f in FIGURE6_FRACTIONS}
@@ -167,7 +168,7 @@ def figure6(out: str, preset: str, workers: int, data_root: str = "data") -> str
     return figure6_summary(out, preset, jobs)
 
 
-def figure6_summary(out: str, preset: str, jobs: dict[str, list[experiment.Job]]) -> str:
+def figure6_summary(out: str, preset: str, jobs: dict[str, list[jobspec.Job]]) -> str:
     """<out>/figure6/summary.{md,json} and violations.png from the finished runs of today's
     configuration: per condition and method report.method_summary, and MESA against Multi-Task by
     the written rule (the paper's Figure 6: MESA has fewer violations in every condition)."""
@@ -175,7 +176,7 @@ def figure6_summary(out: str, preset: str, jobs: dict[str, list[experiment.Job]]
     for name, condition in jobs.items():
         rows = {}
         for method in FIGURE6_ROWS:
-            runs, metrics = report.load_folders([j.folder for j in condition if j.method == method and experiment.finished(j)])
+            runs, metrics = report.load_folders([j.folder for j in condition if j.method == method and jobspec.finished(j)])
             if runs:
                 rows[method] = report.method_summary(runs, metrics, has_success=False)
         summary[name] = rows

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 
 import envs
-from sac import FIELDS, SAC, ReplayBuffer, SACConfig, set_seed
+from common import set_seed
+from replay_buffer import FIELDS, ReplayBuffer
+from sac import SAC, SACConfig
 
 KINDS = ("train", "test", "oracle", "replay")
 DIMS = {"navigation1": (2, 2), "navigation2": (2, 2), "maze": (2, 2), "cartpole": (4, 1),

@@ -46,8 +46,10 @@ from torch.func import functional_call
 
 import carl
 from baselines import BASELINES, USES_CRITIC, BaselineConfig, paper_config
+from common import require
 from recovery_rl import Policy, RecoveryConfig, Safety, safety_critic_loss
-from sac import ReplayBuffer, SACConfig, polyak_update, require
+from replay_buffer import ReplayBuffer
+from sac import SACConfig, polyak_update
 
 METHODS = ("unconstrained", "rrl", "multitask", "mesa", "rrl_oracle")
 MAML_TARGETS = ("lagged", "current")

@@ -50,13 +50,13 @@ import carl  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
-import experiment  # noqa: E402
+import jobspec  # noqa: E402
 import figures  # noqa: E402
 import mesa  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import studies  # noqa: E402
-from sac import atomic_write  # noqa: E402
+from common import atomic_write  # noqa: E402
 from studies import job, prepare, run_missing  # noqa: E402
 
 PARTS = ("rrl_check", "rrl_baselines", "comparison", "mesa_variants", "figure2", "figure6", "outer_lr", "eps_risk",
@@ -80,7 +80,7 @@ RRL_TAU_RISK = 2e-4     # Recovery RL's Polyak-averaged Q_risk target (its tau_s
 RRL_CHECK_METHODS = {"rrl_oracle": "rrl", "unconstrained": "unconstrained"}   # run name -> reported name
 
 
-def rrl_check_jobs(out: str, preset: str, data_root: str, seeds: int = RRL_CHECK_SEEDS) -> list[experiment.Job]:
+def rrl_check_jobs(out: str, preset: str, data_root: str, seeds: int = RRL_CHECK_SEEDS) -> list[jobspec.Job]:
     """The runs of the Recovery RL check (docs/results.md); the paper preset unless smoke."""
     preset = "smoke" if preset == "smoke" else "paper"
     jobs = []
@@ -105,7 +105,7 @@ def rrl_check(out: str, preset: str, workers: int, data_root: str = "data") -> s
     return rrl_check_summary(folder, jobs)
 
 
-def rrl_check_summary(folder: str, jobs: list[experiment.Job]) -> str:
+def rrl_check_summary(folder: str, jobs: list[jobspec.Job]) -> str:
     """rrl_check/summary.{md,json} (and each env's summary and figures) from the finished runs."""
     summary, seeds = {}, sorted({j.seed for j in jobs})
     for env in RRL_CHECK_EPISODES:
@@ -269,7 +269,7 @@ def current_folders(env: str, methods, seeds, out: str, preset: str, data_root: 
     in a run made with other settings that still lies in its folder (e.g. Ant's MESA from when quick
     cut its meta-steps to 1500, until its rerun replaces it)."""
     jobs = {m: [job(env, m, s, out, preset, data_root) for s in seeds] for m in methods}
-    return {m: [j.folder for j in method_jobs if experiment.finished(j)] for m, method_jobs in jobs.items()}
+    return {m: [j.folder for j in method_jobs if jobspec.finished(j)] for m, method_jobs in jobs.items()}
 
 
 def draw_paths(env_dir: str, seeds, episodes: int = 10) -> None:

@@ -26,8 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sac import (LAYERS, SAC, ReplayBuffer, frozen_copy, global_rng_state, mlp, polyak_update, require,
-                 set_global_rng_state)
+from common import global_rng_state, require, set_global_rng_state
+from replay_buffer import ReplayBuffer
+from sac import LAYERS, SAC, frozen_copy, mlp, polyak_update
 
 Policy = Callable[[torch.Tensor], torch.Tensor]  # a batch of observations -> a batch of actions
 TARGET_POLICIES = ("task", "composite")

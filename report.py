@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import stats  # noqa: E402
-from sac import atomic_write  # noqa: E402
+from common import atomic_write  # noqa: E402
 
 COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
            "cumulative_violations")

@@ -35,10 +35,11 @@ import report  # noqa: E402
 import timing  # noqa: E402
 from baselines import BASELINES  # noqa: E402
 from carl import CARL_METHODS  # noqa: E402
-from experiment import DATA_SEED, ORACLE_DATA_METHODS, DamagedFile, Job, check_files, finished, heldout_set, run_one  # noqa: E402
+from common import OneLineParser  # noqa: E402
+from experiment import ORACLE_DATA_METHODS, heldout_set, run_one  # noqa: E402
+from jobspec import DATA_SEED, DamagedFile, Job, check_files, finished  # noqa: E402
 from mesa import METHODS  # noqa: E402
 from presets import GROUPS, MESA_VARIANTS, SKIPPED, field_docs, job_config  # noqa: E402
-from sac import OneLineParser  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

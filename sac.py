@@ -4,19 +4,16 @@ Implements SAC as in Haarnoja et al. 2018 ("Soft Actor-Critic Algorithms and App
 a squashed-Gaussian actor with the tanh change-of-variables correction, twin Q critics with
 Polyak-averaged target networks, alpha fixed at 0.2 (as in the MESA authors' code) or tuned
 automatically toward the target entropy -|A|, and uniformly random actions for the first
-`start_steps` environment steps. Also home to the pieces every other module shares: the MLP
-builder, the preallocated numpy replay buffer (which also stores costs) and seeding.
+`start_steps` environment steps. Also home to the MLP builder every network uses (with the
+authors' WLinear layer for the safety critic); the replay buffer lives in replay_buffer.py, seeding
+and file writing in common.py.
 
 Deviations from the authors' code (pranz24-style SAC): critics are frozen during the actor step and
 log pi is computed once per update and reused for the alpha loss; both give identical gradients.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import io
-import os
-import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,41 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def set_seed(seed: int) -> None:
-    """Seed python, numpy and torch in one place."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from common import require, save_checkpoint, set_seed
+from replay_buffer import ReplayBuffer
 
 
-def global_rng_state() -> dict:
-    """Python's, numpy's global and torch's random states, in types torch.load(weights_only=True) reads."""
-    name, key, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": (name, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss)}
-
-
-def set_global_rng_state(state: dict) -> None:
-    """Restore what global_rng_state returned."""
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    name, key, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit status 2), without the usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
-
-
-def require(condition: bool, message: str) -> None:
-    """Refuse a nonsense setting with a one-line message (config dataclasses call this)."""
-    if not condition:
-        raise ValueError(message)
-
+# ----------------------------------------------------------------------------- networks
 
 class WLinear(nn.Module):
     """A linear layer whose weights are generated from a learned code (MACAW, Mitchell et al. 2021,
@@ -98,111 +65,6 @@ def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (256, 256), layer: 
     layers.append(kind(width, out_dim))
     return nn.Sequential(*layers)
 
-
-# ----------------------------------------------------------------------------- replay buffer
-
-FIELDS = ("observations", "actions", "rewards", "costs", "next_observations", "terminals", "timeouts")
-
-
-class ReplayBuffer:
-    """Preallocated ring buffer of numpy arrays with the D4RL/DSRL field names (docs/datasets.md).
-
-    `sample` returns torch tensors under short names that mirror the equations:
-    obs, act, rew, cost, next_obs, done (1.0 where the episode terminated, not merely timed out).
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, seed: int | None = None):
-        if capacity <= 0:
-            raise ValueError(f"replay buffer capacity must be positive, got {capacity}")
-        self.capacity, self.size, self.ptr = capacity, 0, 0
-        self.data = {
-            "observations": np.zeros((capacity, obs_dim), np.float32),
-            "actions": np.zeros((capacity, act_dim), np.float32),
-            "rewards": np.zeros(capacity, np.float32),
-            "costs": np.zeros(capacity, np.float32),
-            "next_observations": np.zeros((capacity, obs_dim), np.float32),
-            "terminals": np.zeros(capacity, bool),
-            "timeouts": np.zeros(capacity, bool),
-        }
-        self.rng = np.random.default_rng(np.random.randint(2**31) if seed is None else seed)
-        self._violations: np.ndarray | None = None  # cached indices of rows with cost 1
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, obs, action, reward, cost, next_obs, terminal, timeout) -> None:
-        """Store one transition, overwriting the oldest once the buffer is full."""
-        row = self.ptr
-        if cost or self.data["costs"][row]:
-            self._violations = None
-        for key, value in zip(FIELDS, (obs, action, reward, cost, next_obs, terminal, timeout)):
-            self.data[key][row] = value
-        self.ptr = (row + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def add_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Append many transitions at once (e.g. an offline dataset); they must fit."""
-        n = len(arrays["observations"])
-        if self.size + n > self.capacity or self.ptr != self.size:
-            raise ValueError(f"cannot append {n} transitions to a buffer holding {self.size} of {self.capacity}")
-        for key in FIELDS:
-            self.data[key][self.size:self.size + n] = arrays[key]
-        self.size += n
-        self.ptr = self.size % self.capacity
-        self._violations = None
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], extra_capacity: int = 0, seed: int | None = None):
-        """A buffer holding `arrays` with room for `extra_capacity` more transitions."""
-        obs_dim, act_dim = arrays["observations"].shape[1], arrays["actions"].shape[1]
-        buffer = cls(obs_dim, act_dim, len(arrays["observations"]) + extra_capacity, seed)
-        buffer.add_arrays(arrays)
-        return buffer
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The stored transitions in insertion order, as a dict of numpy arrays (copies)."""
-        order = np.arange(self.ptr - self.size, self.ptr) % self.capacity
-        return {key: self.data[key][order] for key in FIELDS}
-
-    def violation_indices(self) -> np.ndarray:
-        """Rows whose transition violated the constraint (cost 1); recomputed only when they change."""
-        if self._violations is None:
-            self._violations = np.flatnonzero(self.data["costs"][: self.size] > 0)
-        return self._violations
-
-    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        d = self.data
-        return {
-            "obs": torch.from_numpy(d["observations"][idx]),
-            "act": torch.from_numpy(d["actions"][idx]),
-            "rew": torch.from_numpy(d["rewards"][idx]),
-            "cost": torch.from_numpy(d["costs"][idx]),
-            "next_obs": torch.from_numpy(d["next_observations"][idx]),
-            "done": torch.from_numpy(d["terminals"][idx].astype(np.float32)),
-        }
-
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """A uniformly random batch (with replacement)."""
-        if self.size == 0:
-            raise ValueError("cannot sample from an empty replay buffer")
-        return self.batch(self.rng.integers(0, self.size, size=batch_size))
-
-    def state_dict(self) -> dict:
-        """The stored rows, the write position and the sampling generator (for checkpoints)."""
-        return {"data": {k: torch.from_numpy(v[: self.size].copy()) for k, v in self.data.items()},
-                "size": self.size, "ptr": self.ptr, "rng": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict) -> None:
-        n = state["size"]
-        if n > self.capacity:
-            raise ValueError(f"a checkpoint of {n} transitions does not fit a buffer of {self.capacity}")
-        for key, value in state["data"].items():
-            self.data[key][:n] = value.numpy()
-        self.size, self.ptr, self._violations = n, state["ptr"], None
-        self.rng.bit_generator.state = state["rng"]
-
-
-# ----------------------------------------------------------------------------- networks
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -432,27 +294,6 @@ class SAC:
 
     def load(self, path: str) -> None:
         self.load_state_dict(torch.load(path, weights_only=True))
-
-
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Write to a temporary file next to `path`, then rename: a crash never leaves half a file.
-
-    The one way every module of the project writes a file (checkpoints, datasets, results).
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(state: dict, path: str) -> None:
-    """torch.save, written atomically."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(str(path), buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- a sanity check

@@ -20,11 +20,12 @@ import shutil
 import datasets
 import envs
 import experiment
+import jobspec
 import mesa
 import presets
 import report
 import run
-from sac import atomic_write
+from common import atomic_write
 
 OUTER_LRS = (1e-5, 1e-4, 1e-3)
 OUTER_LR_SEEDS = 3
@@ -37,12 +38,12 @@ RAW_SEEDS = 3
 
 # ----------------------------------------------------------------------------- building blocks
 
-def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str, **changes) -> experiment.Job:
-    """An experiment.Job with the preset's configuration; changes go to Job fields or "group.field"s."""
+def job(env: str, method: str, seed: int, out: str, preset: str, data_root: str, **changes) -> jobspec.Job:
+    """An jobspec.Job with the preset's configuration; changes go to Job fields or "group.field"s."""
     hp, episodes = presets.preset_config(env, preset)
     hp = presets.apply(hp, {k: v for k, v in changes.items() if "." in k})
     fields = {"test_variant": "default", "episodes": episodes, **{k: v for k, v in changes.items() if "." not in k}}
-    return experiment.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
+    return jobspec.Job(env=env, method=method, seed=seed, preset=preset, hp=hp, out=out,
                    data_root=data_root, progress="lines", **fields)
 
 
@@ -56,19 +57,19 @@ def prepare(env: str, preset: str, data_root: str, variant: str = "default", ora
     (with `oracle`, also the RRL-oracle's data of that generator variant)."""
     if SUMMARISE_ONLY:
         return
-    datasets.get_datasets(env, preset, data_root, variant, progress=True, seed=experiment.DATA_SEED)
+    datasets.get_datasets(env, preset, data_root, variant, progress=True, seed=jobspec.DATA_SEED)
     experiment.heldout_set(env, preset, data_root, variant)
     if oracle is not None:
-        datasets.get_oracle(env, preset, data_root, progress=True, seed=experiment.DATA_SEED, variant=oracle)
+        datasets.get_oracle(env, preset, data_root, progress=True, seed=jobspec.DATA_SEED, variant=oracle)
 
 
-def run_missing(jobs: list[experiment.Job], workers: int) -> None:
+def run_missing(jobs: list[jobspec.Job], workers: int) -> None:
     """Run the jobs that have not finished (none under SUMMARISE_ONLY); finished runs are kept."""
     if not SUMMARISE_ONLY:
-        run.run_jobs([j for j in jobs if not experiment.finished(j)], workers, 1)
+        run.run_jobs([j for j in jobs if not jobspec.finished(j)], workers, 1)
 
 
-def reuse_offline_phases(out: str, jobs: list[experiment.Job]) -> None:
+def reuse_offline_phases(out: str, jobs: list[jobspec.Job]) -> None:
     """Copy the comparison's cached Phases 1-2 (phase2.pt) into the jobs' folders.
 
     experiment.run_one reuses a copy only where its key matches, i.e. where nothing Phases 1-2 depend on
@@ -90,7 +91,7 @@ def parallel(function, jobs: list, workers: int) -> list:
 
 # ----------------------------------------------------------------------------- outer learning rate
 
-def phase1_quality(j: experiment.Job) -> dict:
+def phase1_quality(j: jobspec.Job) -> dict:
     """Held-out Q_risk quality after Phases 1 and 2 of one job (no Phase 3)."""
     train, test, env, scale = experiment.load_inputs(j)
     heldout = scale(experiment.heldout_set(j.env, j.preset, j.data_root, j.test_variant))
@@ -175,7 +176,7 @@ MESA_VARIANT_ROWS = (("mesa", "mesa", "paper"), ("mesa_authors", "mesa", "author
 
 
 def mesa_variant_job(env: str, method: str, variant: str, seed: int, out: str, preset: str,
-                     data_root: str) -> experiment.Job | None:
+                     data_root: str) -> jobspec.Job | None:
     """One run of the study: the comparison's run for the paper variant, one under
     <out>/mesa_variants/authors for the authors' (None where that variant changes nothing)."""
     changes = presets.variant_changes(variant, env, method)
@@ -213,7 +214,7 @@ def mesa_variants_summary(out: str, preset: str, jobs: dict) -> str:
     summary = {env: {} for env in MESA_VARIANT_ENVS}
     for env in MESA_VARIANT_ENVS:
         for row, method, _ in MESA_VARIANT_ROWS:
-            folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row and experiment.finished(j)]
+            folders = [j.folder for (e, r, _), j in jobs.items() if e == env and r == row and jobspec.finished(j)]
             runs, metrics = report.load_folders(folders)
             if runs:
                 summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
@@ -264,7 +265,7 @@ PAPER_SCALE_ROWS = (("unconstrained", "unconstrained", "paper"), ("rrl", "rrl", 
 
 
 def paper_scale_job(env: str, method: str, variant: str, seed: int, out: str, preset: str,
-                    data_root: str) -> experiment.Job:
+                    data_root: str) -> jobspec.Job:
     """One run of the headline: the preset's configuration with the paper's Phase-3 episodes
     (presets.PAPER_EPISODES; smoke keeps its 2); the authors' variant under paper_scale/authors."""
     folder = os.path.join(out, "paper_scale", *(["authors"] if variant == "authors" else []))
@@ -288,7 +289,7 @@ def paper_scale(out: str, preset: str, workers: int, data_root: str = "data",
         order = sorted(jobs, key=lambda row_seed: row_seed[0] in PAPER_SCALE_LAST.get(env, ()))   # stable
         prepare(env, preset, data_root)
         run_missing([jobs[k] for k in order], workers)
-        folders = {row: [jobs[row, s].folder for s in range(n) if experiment.finished(jobs[row, s])]
+        folders = {row: [jobs[row, s].folder for s in range(n) if jobspec.finished(jobs[row, s])]
                    for row, _, _ in PAPER_SCALE_ROWS}      # today's configuration only
         tables.append(report.summarise(os.path.join(out, "paper_scale", env), env, None, None,
                                        envs.HAS_SUCCESS[env], preset, folders=folders))

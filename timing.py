@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from experiment import Job
+from jobspec import Job
 
 # Seconds of one quick run, two jobs at a time on a 2-core machine, one torch thread each:
 # (per Phase-1 step, per Phase-3 episode), medians over the 3 seeds of the committed runs in

@@ -13,6 +13,7 @@ import carl
 import envs
 import evaluate
 import experiment
+import jobspec
 import presets
 import run
 import timing
@@ -183,7 +184,7 @@ def test_carl_offline_pretrains_on_the_offline_datasets_alone(monkeypatch):
     train = [random_dataset(300, 4, 1, seed=i) for i in range(3)]
     test = random_dataset(100, 4, 1, seed=9)
     hp, _ = presets.job_config("cartpole", "carl_offline", "smoke", "paper", {})
-    job = experiment.Job("cartpole", "carl_offline", 0, "smoke", hp, 2, "out", "data", "default", "none")
+    job = jobspec.Job("cartpole", "carl_offline", 0, "smoke", hp, 2, "out", "data", "default", "none")
     agent = carl.CARLAgent(4, 1, [-3.0], [3.0], hp.carl, lambda s, a, s2: s[..., 0], 0)
     experiment.carl_phase1(job, agent, train, test, bar=type("Bar", (), {"update": lambda self, n: None})())
     pooled = np.concatenate([d["observations"] for d in [*train, test]])
@@ -317,7 +318,7 @@ def test_an_interrupted_carl_run_resumes_exactly(tmp_path, monkeypatch, capsys, 
 
 def test_carls_run_keys_read_carls_settings_alone_and_phase1_leaves_out_the_caution():
     hp, episodes = presets.job_config("cartpole", "carl", "quick", "paper", {})
-    job = lambda h: experiment.Job("cartpole", "carl", 0, "quick", h, episodes, "runs", "data", "default", "none")  # noqa: E731
+    job = lambda h: jobspec.Job("cartpole", "carl", 0, "quick", h, episodes, "runs", "data", "default", "none")  # noqa: E731
     mesa_steps = dataclasses.replace(hp, meta=dataclasses.replace(hp.meta, steps=7))
     assert job(mesa_steps).key() == job(hp).key()                  # quick's MESA settings leave CARL's runs valid
     for change, phase1_reads in (({"risk": "reward"}, False), ({"catastrophe_penalty": 1.0}, False),
@@ -356,7 +357,7 @@ def test_time_estimates_count_carls_pretraining_episodes(tmp_path):
     """quick CARL jobs have an estimate (timing.QUICK_SECONDS); a finished run's metrics.json gives
     seconds per pretraining episode (the random one included) and per Phase-3 episode."""
     hp, episodes = presets.job_config("cartpole", "carl", "quick", "paper", {})
-    quick = experiment.Job("cartpole", "carl", 0, "quick", hp, episodes, str(tmp_path / "none" / "quick"), "data",
+    quick = jobspec.Job("cartpole", "carl", 0, "quick", hp, episodes, str(tmp_path / "none" / "quick"), "data",
                            "default", "none")
     per_pretraining, per_episode = timing.QUICK_SECONDS["cartpole"]["carl"]
     assert timing.estimate_seconds(quick) == pytest.approx(51 * per_pretraining + 200 * per_episode)
@@ -368,6 +369,6 @@ def test_time_estimates_count_carls_pretraining_episodes(tmp_path):
     (folder / "config.json").write_text(json.dumps({"preset": "smoke", "episodes": 10,
                                                     "hyperparameters": dataclasses.asdict(smoke_hp)}))
     (folder / "metrics.json").write_text(json.dumps({"timings": {"phase1": 10.0, "phase3": 30.0}}))
-    job = experiment.Job("cartpole", "carl", 1, "smoke", smoke_hp, 7, str(tmp_path / "runs" / "smoke_y"), "data",
+    job = jobspec.Job("cartpole", "carl", 1, "smoke", smoke_hp, 7, str(tmp_path / "runs" / "smoke_y"), "data",
                          "default", "none")
     assert timing.measured_rates(job) == (2.0, 3.0) and timing.estimate_seconds(job) == 5 * 2.0 + 7 * 3.0

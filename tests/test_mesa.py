@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 
 import mesa
+from common import set_seed
 from conftest import random_dataset
 from mesa import (METHODS, FitConfig, Hyperparameters, MetaConfig, MultiTaskConfig, adapted_params,
                   initial_inner_rates, meta_learn, meta_loss, meta_step, paper_hyperparameters, phase1, phase2,
                   risk_loss, sample_meta_batch)
 from recovery_rl import RecoveryConfig, Safety, SafetyCritic, safety_bellman_target
-from sac import SAC, ReplayBuffer, polyak_update, set_seed
+from replay_buffer import ReplayBuffer
+from sac import SAC, polyak_update
 
 
 def tiny_problem(n_tasks=2, seed=0):

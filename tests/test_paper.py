@@ -9,7 +9,7 @@ import pytest
 import datasets
 import envs
 import paper
-import experiment
+import jobspec
 import figures
 import presets
 import studies
@@ -50,9 +50,9 @@ def test_head_keeps_the_first_transitions():
 
 def test_test_fraction_and_scaling_change_the_run_key():
     hp, episodes = presets.preset_config("navigation1", "smoke")
-    base = experiment.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
-    keys = {base.key(), experiment.Job(**{**base.__dict__, "test_fraction": 0.5}).key(),
-            experiment.Job(**{**base.__dict__, "scale_inputs": False}).key()}
+    base = jobspec.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
+    keys = {base.key(), jobspec.Job(**{**base.__dict__, "test_fraction": 0.5}).key(),
+            jobspec.Job(**{**base.__dict__, "scale_inputs": False}).key()}
     assert len(keys) == 3
 
 
@@ -76,9 +76,9 @@ def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
 
 def test_offline_key_ignores_what_only_phase3_uses():
     hp, episodes = presets.preset_config("navigation1", "smoke")
-    base = experiment.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
-    eps = experiment.Job(**{**base.__dict__, "hp": presets.apply(hp, {"recovery.eps_risk": 0.7}), "episodes": 9})
-    tau = experiment.Job(**{**base.__dict__, "hp": presets.apply(hp, {"recovery.tau_risk": 0.01})})
+    base = jobspec.Job("navigation1", "mesa", 0, "smoke", hp, episodes, "r", "d", "default", False)
+    eps = jobspec.Job(**{**base.__dict__, "hp": presets.apply(hp, {"recovery.eps_risk": 0.7}), "episodes": 9})
+    tau = jobspec.Job(**{**base.__dict__, "hp": presets.apply(hp, {"recovery.tau_risk": 0.01})})
     assert eps.key(phase3=False) == base.key(phase3=False) and eps.key() != base.key()
     assert tau.key(phase3=False) != base.key(phase3=False)
 
@@ -285,7 +285,7 @@ def test_figure6_summarises_todays_runs_and_decides_each_condition_by_the_rule(t
                  "success": 0.0, "recovery_fraction": 0.0} for e in range(60)]
         critic = {"after_phase2": {"auroc": 0.9}, "d_test_after_phase2": {"safe_above_eps": 0.03, "median_safe": 0.01}}
         os.makedirs(j.folder, exist_ok=True)
-        experiment.write_run(j, {"timings": {}, "critic": critic}, rows)
+        jobspec.write_run(j, {"timings": {}, "critic": critic}, rows)
 
     for j in jobs["D_test x 0.5"]:
         finish(j, violations[j.method][j.seed])

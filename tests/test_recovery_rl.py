@@ -6,11 +6,13 @@ import torch
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
+from common import set_seed
 from conftest import random_dataset
 from mesa import FitConfig, fit
 from recovery_rl import (RecoveryConfig, Safety, SafetyCritic, learn_online, phase3_safety_buffer, phase3_step,
                          recovery_filter, safety_bellman_target, safety_critic_loss, sample_class_balanced)
-from sac import SAC, ReplayBuffer, SACConfig, WLinear, set_seed
+from replay_buffer import ReplayBuffer
+from sac import SAC, SACConfig, WLinear
 
 unit = st.floats(0, 1, allow_nan=False, width=32)
 

@@ -16,11 +16,12 @@ import torch
 
 import datasets
 import experiment
+import jobspec
 import mesa
 import presets
 import report
 import run
-import sac as sac_module
+import common
 import timing
 from recovery_rl import RecoveryConfig, Safety
 
@@ -251,7 +252,7 @@ def test_mesa_variant_authors_sets_every_item_and_nothing_else():
     assert not presets.job_config("navigation1", "multitask", "quick", "authors", {})[0].multitask.phase2_with_train
     hp, _ = presets.job_config("halfcheetah", "mesa", "quick", "authors", {"recovery.hidden": (64,), "meta.target": "lagged"})
     assert hp.recovery.hidden == (64,) and hp.meta.target == "lagged" and hp.meta.learn_inner_lr  # options win
-    key = lambda hp, m: experiment.Job("halfcheetah", m, 0, "quick", hp, 60, "runs", "data", "default", "none").key()  # noqa: E731
+    key = lambda hp, m: jobspec.Job("halfcheetah", m, 0, "quick", hp, 60, "runs", "data", "default", "none").key()  # noqa: E731
     assert key(authors["mesa"], "mesa") != key(paper["mesa"], "mesa")
     assert key(authors["multitask"], "multitask") != key(paper["multitask"], "multitask")
     assert key(authors["rrl"], "rrl") == key(paper["rrl"], "rrl")
@@ -264,7 +265,7 @@ def test_default_configurations_keep_their_run_keys(monkeypatch):
     MESA's key alone; quick's Multi-Task keys on HalfCheetah and Ant with the paper's Phase-1 steps
     (15000, no longer 3000). The keys predate UNREAD_GROUPS too (finished() finds such runs through
     their config.json: test_finished_runs_are_found_by_what_they_ran_with)."""
-    monkeypatch.setattr(experiment, "UNREAD_GROUPS", {})
+    monkeypatch.setattr(jobspec, "UNREAD_GROUPS", {})
     before = {("navigation1", "quick", "mesa"): ("ab4f92e650eea492", "e7296300cbb58a34"),
               ("navigation1", "paper", "multitask"): ("6bea9d50b0e4ac95", "515d42ea1052d85d"),
               ("halfcheetah", "quick", "multitask"): ("5ea8fcf24f25115c", "3d24fd527773adb0"),
@@ -273,13 +274,13 @@ def test_default_configurations_keep_their_run_keys(monkeypatch):
     for (env, preset, method), keys in before.items():
         # the keys predate the comparison's tau_risk = 1 too, a deliberate change of every run
         hp, episodes = presets.job_config(env, method, preset, "paper", {"recovery.tau_risk": 2e-4})
-        job = experiment.Job(env, method, 0, preset, hp, episodes, "runs", "data", "default", "none")
+        job = jobspec.Job(env, method, 0, preset, hp, episodes, "runs", "data", "default", "none")
         assert (job.key(), job.key(phase3=False)) == keys, (env, preset, method)
-        now = experiment.Job(env, method, 0, preset, presets.job_config(env, method, preset, "paper", {})[0], episodes,
+        now = jobspec.Job(env, method, 0, preset, presets.job_config(env, method, preset, "paper", {})[0], episodes,
                       "runs", "data", "default", "none")
         assert now.key() != job.key()
         lag = presets.job_config(env, method, preset, "paper", {"meta.adapted_tau_risk": 1.0})[0]
-        lagged = experiment.Job(env, method, 0, preset, lag, episodes, "runs", "data", "default", "none")
+        lagged = jobspec.Job(env, method, 0, preset, lag, episodes, "runs", "data", "default", "none")
         assert (lagged.key(phase3=False) != now.key(phase3=False)) == (method == "mesa")
 
 
@@ -292,12 +293,12 @@ def test_a_methods_run_key_ignores_the_settings_it_never_reads():
     for group, change in changes.items():
         other = dataclasses.replace(hp, **{group: dataclasses.replace(getattr(hp, group), **change)})
         for method in mesa.METHODS:
-            jobs = [experiment.Job("halfcheetah", method, 0, "quick", h, episodes, "runs", "data", "default", "none")
+            jobs = [jobspec.Job("halfcheetah", method, 0, "quick", h, episodes, "runs", "data", "default", "none")
                     for h in (hp, other)]
             assert (jobs[0].key() != jobs[1].key()) == (method in readers[group]), (group, method)
     sac = dataclasses.replace(hp, sac=dataclasses.replace(hp.sac, lr=1e-4))
-    assert all(experiment.Job("halfcheetah", m, 0, "quick", sac, episodes, "runs", "data", "default", "none").key() !=
-               experiment.Job("halfcheetah", m, 0, "quick", hp, episodes, "runs", "data", "default", "none").key()
+    assert all(jobspec.Job("halfcheetah", m, 0, "quick", sac, episodes, "runs", "data", "default", "none").key() !=
+               jobspec.Job("halfcheetah", m, 0, "quick", hp, episodes, "runs", "data", "default", "none").key()
                for m in mesa.METHODS)
 
 
@@ -305,17 +306,17 @@ def test_finished_runs_are_found_by_what_they_ran_with(tmp_path):
     """A finished run whose config.json records an older run key is still found where the
     configuration it records hashes to today's key, and not where a setting its method reads differs."""
     hp, episodes = presets.job_config("halfcheetah", "unconstrained", "quick", "paper", {})
-    job = experiment.Job("halfcheetah", "unconstrained", 0, "quick", hp, episodes, str(tmp_path), "data", "default", "none")
-    experiment.write_run(job, {}, [{c: 0 for c in report.COLUMNS}])
+    job = jobspec.Job("halfcheetah", "unconstrained", 0, "quick", hp, episodes, str(tmp_path), "data", "default", "none")
+    jobspec.write_run(job, {}, [{c: 0 for c in report.COLUMNS}])
     path = pathlib.Path(job.folder) / "config.json"
     config = json.loads(path.read_text())
     config["run_key"] = "recorded-by-older-code"
     config["hyperparameters"]["meta"]["steps"] = 1500          # read by MESA only
     path.write_text(json.dumps(config))
-    assert experiment.finished(job)
+    assert jobspec.finished(job)
     config["hyperparameters"]["sac"]["batch_size"] = 64        # read by every method
     path.write_text(json.dumps(config))
-    assert not experiment.finished(job)
+    assert not jobspec.finished(job)
 
 
 def test_mesa_variant_authors_end_to_end(tmp_path, data_root):
@@ -468,7 +469,7 @@ def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeyp
     saved = []
 
     def save_then_stop(state, path):
-        sac_module.save_checkpoint(state, path)
+        common.save_checkpoint(state, path)
         saved.append(state.get("episode"))
         if str(path).endswith("phase3.pt") and state["episode"] == 4:
             raise KeyboardInterrupt
@@ -481,7 +482,7 @@ def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeyp
     assert (folder / "phase3.pt").exists() and not (folder / "episodes.csv").exists()
     state = torch.load(folder / "phase3.pt", weights_only=True)
     state["seconds"] = 1000.0                    # as if the first process had run Phase 3 for 1000 s
-    sac_module.save_checkpoint(state, folder / "phase3.pt")
+    common.save_checkpoint(state, folder / "phase3.pt")
     capsys.readouterr()
     smoke(tmp_path / "cut", data_root, *options)
     assert f"resumed navigation1/{method}/seed0 at episode 4" in capsys.readouterr().out
@@ -605,7 +606,7 @@ def test_no_sweep_option_runs_the_short_comparison():
     assert (args.env, args.methods, args.seeds, args.episodes, args.preset) == \
         (["navigation1"], ["mesa,multitask,rrl,unconstrained"], ["1"], 100, "quick")
     assert run.config_name(args) == "quick_episodes-100"
-    jobs = [experiment.Job("navigation1", m, 0, "quick", presets.job_config("navigation1", m, "quick", "paper", {})[0],
+    jobs = [jobspec.Job("navigation1", m, 0, "quick", presets.job_config("navigation1", m, "quick", "paper", {})[0],
                            100, "/nonexistent/quick_episodes-100", "data", "default", "none")
             for m in ("mesa", "multitask", "rrl", "unconstrained")]
     ordered = timing.longest_first(jobs)
@@ -625,7 +626,7 @@ def test_the_sweep_says_how_many_runs_how_long_and_which_run(tmp_path, data_root
     assert "done navigation1/rrl/seed0 (1 of 2):" in out and "done navigation1/unconstrained/seed0 (2 of 2):" in out
     assert out.count("success (last 10%)") == 2 and "last 10% of episodes" in out
     hp = presets.job_config("navigation1", "rrl", "smoke", "paper", {})[0]
-    job = experiment.Job("navigation1", "rrl", 1, "smoke", hp, 2, str(tmp_path / "smoke"), str(data_root), "default", "none")
+    job = jobspec.Job("navigation1", "rrl", 1, "smoke", hp, 2, str(tmp_path / "smoke"), str(data_root), "default", "none")
     assert timing.estimate_seconds(job) > 0             # from the finished runs' metrics.json
     smoke(tmp_path, data_root, "--env", "navigation1", "--methods", "rrl,unconstrained", "--seeds", "0,1")
     out = capsys.readouterr().out
@@ -675,8 +676,8 @@ def test_damaged_files_stop_with_one_line_and_lose_nothing(tmp_path, data_root, 
     assert "done navigation1/mesa/seed0" in capsys.readouterr().out
     assert (folder / "episodes.csv").read_text() == episodes              # the same run again
     truncate(folder / "phase2.pt")                                         # inside a worker: the same line
-    with pytest.raises(experiment.DamagedFile, match="phase2.pt is damaged"):
-        experiment.load_checkpoint(str(folder / "phase2.pt"), experiment.PHASE2_ADVICE)
+    with pytest.raises(jobspec.DamagedFile, match="phase2.pt is damaged"):
+        jobspec.load_checkpoint(str(folder / "phase2.pt"), jobspec.PHASE2_ADVICE)
 
 
 def process_children(pid):

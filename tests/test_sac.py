@@ -7,8 +7,10 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from torch.distributions import AffineTransform, Normal, TanhTransform, TransformedDistribution
 
+from common import set_seed
 from conftest import random_dataset
-from sac import SAC, ReplayBuffer, SACConfig, critic_loss, learn_gym_task, set_seed, soft_q_target, squashed_gaussian_log_prob
+from replay_buffer import ReplayBuffer
+from sac import SAC, SACConfig, critic_loss, learn_gym_task, soft_q_target, squashed_gaussian_log_prob
 
 floats = st.floats(-3, 3, allow_nan=False, width=64)
 
