@@ -35,6 +35,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 import carl
+import ensemble
 import envs
 import mesa
 import presets
@@ -400,7 +401,7 @@ class LoopedEnsemble:
     """Baseline ensemble call for CARL's planner: each member's layers in turn, in a python loop,
     instead of one batched matmul over the members."""
 
-    def __init__(self, model: carl.ProbabilisticEnsemble):
+    def __init__(self, model: ensemble.ProbabilisticEnsemble):
         self.model, self.members = model, model.members
 
     def __call__(self, obs, act):
@@ -412,7 +413,7 @@ class LoopedEnsemble:
                 x = F.silu(x) if i < len(m.layers) - 1 else x
             outs.append(x)
         mean, logvar, logit = torch.stack(outs).split([m.obs_dim, m.obs_dim, 1], -1)
-        return mean, carl.bounded_logvar(logvar, m.min_logvar, m.max_logvar), logit
+        return mean, ensemble.bounded_logvar(logvar, m.min_logvar, m.max_logvar), logit
 
 
 def carl_case(name: str, preset: str, baseline: bool = True) -> Case:
@@ -436,7 +437,7 @@ def carl_case(name: str, preset: str, baseline: bool = True) -> Case:
 def carl_update_case(name: str, preset: str) -> Case:
     """One Adam step of CARL's ensemble (every member on its own batch), at the preset's sizes."""
     hp, _ = presets.preset_config(name, preset)
-    model = carl.ProbabilisticEnsemble(OBS, ACT, hp.carl)
+    model = ensemble.ProbabilisticEnsemble(OBS, ACT, hp.carl.ensemble, hp.carl.hidden, hp.carl.weight_decays)
     optimizer = torch.optim.Adam(model.parameters(), lr=hp.carl.lr)
     data = offline_data(10_000)
     idx = np.random.default_rng(0).integers(0, 10_000, (hp.carl.ensemble, hp.carl.batch_size))
@@ -444,7 +445,7 @@ def carl_update_case(name: str, preset: str) -> Case:
              "next_obs": torch.from_numpy(data["next_observations"][idx]), "cost": torch.from_numpy(data["costs"][idx])}
 
     def step():
-        loss = carl.model_loss(model, batch)
+        loss = ensemble.model_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,12 +34,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import carl  # noqa: E402
+import critic_scores  # noqa: E402
+import dataset_files  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import experiment  # noqa: E402
 import jobspec  # noqa: E402
 import point_envs  # noqa: E402
-import report  # noqa: E402
 from common import OneLineParser  # noqa: E402
 from recovery_rl import RecoveryConfig, Safety  # noqa: E402
 from sac import SAC, SACConfig  # noqa: E402
@@ -148,15 +149,15 @@ class SavedAgent:
         obs = np.stack([self.env.observation(o) for o in data["observations"]]) if self.env is not self.raw_env \
             else data["observations"]
         obs_t, act_t = torch.from_numpy(np.asarray(obs, np.float32)), torch.from_numpy(np.asarray(data["actions"], np.float32))
-        unsafe = report.danger_labels(data["costs"], data["terminals"], data["timeouts"],
-                                      report.label_horizon(safety.cfg.gamma_risk))
+        unsafe = critic_scores.danger_labels(data["costs"], data["terminals"], data["timeouts"],
+                                      critic_scores.label_horizon(safety.cfg.gamma_risk))
         with torch.no_grad():
             q, q_rec = safety.q_risk(obs_t, act_t).numpy().ravel(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
         eps = safety.cfg.eps_risk
-        level = report.critic_level(q, unsafe, eps)
+        level = critic_scores.critic_level(q, unsafe, eps)
         return {"eps_risk": eps, "median_safe": level["median_safe"], "safe_above": level["safe_above_eps"],
                 "unsafe_above": level["unsafe_above_eps"],
-                "pi_rec_safe_above": report.critic_level(q_rec, unsafe, eps)["safe_above_eps"]}
+                "pi_rec_safe_above": critic_scores.critic_level(q_rec, unsafe, eps)["safe_above_eps"]}
 
     def phase2_safety(self) -> Safety | None:
         """The critic and pi_rec Phase 3 started from (phase2.pt), or None where the run has none."""
@@ -176,7 +177,7 @@ class SavedAgent:
         if not job.is_cached():
             raise FileNotFoundError(f"D_test of {c['env']} ({c['preset']}) is not in {c['data_root']}: "
                                     f"run python3 datasets.py --env {c['env']} --preset {c['preset']} --root {c['data_root']}")
-        return datasets.load_dataset(job.path)
+        return dataset_files.load_dataset(job.path)
 
 
 def saved_planner(state: dict, config: dict, env, reward_fn, angles: tuple[int, ...]) -> carl.CARLAgent:

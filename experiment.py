@@ -5,7 +5,7 @@
   2. Phase 1 (mesa.phase1) on the training datasets (MESA, Multi-Task), D_test (RRL) or the
      oracle's test-environment data (RRL-oracle), then Phase 2 (mesa.phase2) on D_test. The safety
      critic is scored after each phase on a held-out collection of D_test's generator (loss
-     against the Bellman targets, and AUROC against report.danger_labels). Both phases are cached
+     against the Bellman targets, and AUROC against critic_scores.danger_labels). Both phases are cached
      in phase2.pt.
   3. Reseed, then Phase 3 (recovery_rl.learn_online) in the test environment. The safety buffer
      starts as the method's test-environment data (D_test; RRL-oracle: its own). Afterwards the
@@ -35,9 +35,10 @@ import mesa
 import report
 from baselines import BASELINES, USES_CRITIC, ConstrainedSAC
 from common import global_rng_state, save_checkpoint, set_global_rng_state, set_seed
+from critic_scores import critic_quality, onpolicy_quality
 from jobspec import (DATA_SEED, PHASE2_ADVICE, PHASE3_ADVICE, PRETRAINING_ADVICE, Job, checkpoint_path, load_checkpoint,
                   phase2_paths, pretraining_path, resume_phase3, write_run)
-from recovery_rl import Phase3Progress, Safety, learn_online, phase3_checkpoint, restore_phase3, safety_critic_loss
+from recovery_rl import Phase3Progress, Safety, learn_online, phase3_checkpoint, restore_phase3
 from replay_buffer import ReplayBuffer
 from sac import SAC
 
@@ -61,39 +62,6 @@ def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
     """A collection of D_test's generator in the test environment that D_test does not hold (cached)."""
     n = max(HELDOUT_SIZE[preset], datasets.PRESET_SPECS[preset][env].n_test)
     return datasets.get_heldout(env, preset, root, variant, n, HELDOUT_SEED, DATA_SEED)
-
-
-def critic_quality(safety: Safety, heldout: dict, policy) -> dict:
-    """MSE of Q_risk against its Bellman targets, AUROC of Q_risk against upcoming violations, and
-    its level against eps_risk (report.critic_level: median at safe transitions, shares above).
-
-    heldout: transitions in collection order (a held-out set, D_test, or the ones Phase 3 visited).
-    """
-    batch = {"obs": torch.from_numpy(heldout["observations"]), "act": torch.from_numpy(heldout["actions"]),
-             "cost": torch.from_numpy(heldout["costs"]),
-             "next_obs": torch.from_numpy(heldout["next_observations"])}
-    horizon = report.label_horizon(safety.cfg.gamma_risk)
-    labels = report.danger_labels(heldout["costs"], heldout["terminals"], heldout["timeouts"], horizon)
-    with torch.random.fork_rng(), torch.no_grad():
-        torch.manual_seed(0)                     # the same target samples for every evaluation
-        q = safety.q_risk(batch["obs"], batch["act"])
-        loss = safety_critic_loss(q, safety.targets(batch, policy)).item()
-    return {"loss": loss, "auroc": report.auroc(q.numpy(), labels), "positives": int(labels.sum()),
-            "transitions": len(labels), "label_horizon": float(horizon),
-            **report.critic_level(q.numpy(), labels, safety.cfg.eps_risk)}
-
-
-def onpolicy_quality(safety: Safety, start_state: dict, visited: dict, policy, test: dict | None = None) -> dict:
-    """Critic quality on the transitions Phase 3 visited: the critic it started from and the final
-    one; and the final one's on the method's test-environment data (D_test; RRL-oracle: its own)."""
-    final = copy.deepcopy(safety.state_dict())
-    scores = {"onpolicy_final": critic_quality(safety, visited, policy)}
-    if test is not None:
-        scores["d_test_final"] = critic_quality(safety, test, policy)
-    safety.load_state_dict(start_state)
-    scores["onpolicy_start"] = critic_quality(safety, visited, policy)
-    safety.load_state_dict(final)
-    return scores
 
 
 class ProgressLines:

@@ -21,10 +21,13 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import claims  # noqa: E402
+import critic_scores  # noqa: E402
 import envs  # noqa: E402
 import experiment  # noqa: E402
 import jobspec  # noqa: E402
 import mesa  # noqa: E402
+import plots  # noqa: E402
 import point_envs  # noqa: E402
 import presets  # noqa: E402
 import report  # noqa: E402
@@ -68,7 +71,7 @@ def adaptation_curve(row_job: tuple[str, jobspec.Job]) -> dict:
 
     def record(step: int) -> None:
         if step in ADAPT_STEPS:
-            curve.append({"step": step, **experiment.critic_quality(safety, heldout, agent.policy)})
+            curve.append({"step": step, **critic_scores.critic_quality(safety, heldout, agent.policy)})
         if step in HEATMAP_STEPS and j.seed == 0:    # maps of seed 0 only: they are plotted, and large
             maps[step] = heatmap(safety, scale)
 
@@ -108,7 +111,7 @@ def plot_heatmaps(path: str, by_method: dict) -> None:
             for x0, x1, y0, y1 in point_envs.maze_walls(*envs.test_task("maze")["w"]):
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1))
             ax.plot(*point_envs.MAZE_GOAL, "w*", label="goal")
-            ax.set_title(f"{report.LABELS[method]}, {step} adaptation steps", fontsize=9)
+            ax.set_title(f"{plots.LABELS[method]}, {step} adaptation steps", fontsize=9)
             ax.set(xlabel="x", ylabel="y")
             if row == col == 0:
                 ax.legend(loc="lower left", fontsize=7, framealpha=0.5)
@@ -127,8 +130,8 @@ def plot_adaptation(path: str, by_method: dict) -> str:
             values = np.array([[point[key] for point in r["curve"]] for r in runs])
             mean, se = values.mean(0), values.std(0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0 * values[0]
             steps = np.array(ADAPT_STEPS)
-            ax.plot(steps, mean, color=report.COLOURS[method], label=report.LABELS[method])
-            ax.fill_between(steps, mean - se, mean + se, color=report.COLOURS[method], alpha=0.2)
+            ax.plot(steps, mean, color=plots.COLOURS[method], label=plots.LABELS[method])
+            ax.fill_between(steps, mean - se, mean + se, color=plots.COLOURS[method], alpha=0.2)
             rows[(method, key)] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, se)]
     for ax, label in zip(axes, ("held-out AUROC", "held-out loss")):
         ax.set_xscale("symlog", linthresh=1), ax.set_xlabel("adaptation steps on D_test"), ax.set_ylabel(label)
@@ -141,7 +144,7 @@ def plot_adaptation(path: str, by_method: dict) -> str:
     plt.close(fig)
     header = "| method | measure | " + " | ".join(f"{s} steps" for s in ADAPT_STEPS) + " |"
     lines = [header, "|" + "---|" * (len(ADAPT_STEPS) + 2)]
-    lines += [f"| {report.LABELS[m]} | {k} | " + " | ".join(v) + " |" for (m, k), v in rows.items()]
+    lines += [f"| {plots.LABELS[m]} | {k} | " + " | ".join(v) + " |" for (m, k), v in rows.items()]
     return "\n".join(lines)
 
 
@@ -203,7 +206,7 @@ def figure6_table(summary: dict, found: dict) -> str:
     for name, rows in summary.items():
         for method, s in rows.items():
             level = s["critic_level"]["d_test_after_phase2"]
-            lines.append(f"| {name} | {report.LABELS[method]} | {s['seeds']} | "
+            lines.append(f"| {name} | {plots.LABELS[method]} | {s['seeds']} | "
                          f"{report.interval_cell(s, 'cumulative_violations', '{:.1f}')} | "
                          + ", ".join(f"{v:g}" for v in s["per_seed"]["cumulative_violations"]) + " | "
                          f"{report.interval_cell(s, 'final_return', '{:.0f}')} | "
@@ -212,7 +215,7 @@ def figure6_table(summary: dict, found: dict) -> str:
     lines += ["", "| condition | MESA / Multi-Task, cumulative violations [95% CI] | P(a MESA seed has fewer) "
               "| verdict on \"MESA has fewer\" | seeds needed |", "|---|---|---|---|---|"]
     for name, c in found.items():
-        lines.append(f"| {name} | {report.ratio_cell(c)} | {c['probability_fewer']:.2f} | {c['verdict']} | {c.get('seeds_needed') or '-'} |")
+        lines.append(f"| {name} | {claims.ratio_cell(c)} | {c['probability_fewer']:.2f} | {c['verdict']} | {c.get('seeds_needed') or '-'} |")
     return "\n".join(lines)
 
 
@@ -226,7 +229,7 @@ def plot_figure6(path: str, points: dict) -> None:
             continue
         means, ses = zip(*(points[(name, method)] for name in names_here))
         ax.errorbar(np.array([names.index(n) for n in names_here]) + offset, means, ses, fmt="o", capsize=3,
-                    color=report.COLOURS[method], label=report.LABELS[method])
+                    color=plots.COLOURS[method], label=plots.LABELS[method])
     ax.set_xticks(range(len(names)), [n.replace("D_test x ", "D_test x\n").replace("partial ", "partial\n") for n in names], fontsize=8)
     top = max(m + s for m, s in points.values())
     ax.set_ylim(0, 1.12 * top if top > 0 else 1)   # from zero, with room above the top error bar

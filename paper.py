@@ -35,7 +35,7 @@ import json
 import os
 import signal
 
-if __name__ == "__mp_main__":   # a spawned worker importing this script: Ctrl-C is the parent's (run.pool_map)
+if __name__ == "__mp_main__":   # a spawned worker importing this script: Ctrl-C is the parent's (worker_pool.pool_map)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # already while torch imports, before the worker's initializer
 
 import matplotlib  # noqa: E402
@@ -47,15 +47,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import baselines  # noqa: E402
 import carl  # noqa: E402
-import datasets  # noqa: E402
+import claims  # noqa: E402
+import dataset_files  # noqa: E402
 import envs  # noqa: E402
 import evaluate  # noqa: E402
-import jobspec  # noqa: E402
 import figures  # noqa: E402
+import jobspec  # noqa: E402
 import mesa  # noqa: E402
+import plots  # noqa: E402
 import report  # noqa: E402
-import run  # noqa: E402
 import studies  # noqa: E402
+import worker_pool  # noqa: E402
 from common import atomic_write  # noqa: E402
 from studies import job, prepare, run_missing  # noqa: E402
 
@@ -126,7 +128,7 @@ def rrl_check_table(summary: dict) -> str:
              "cumulative violations | Q_risk AUROC on-policy (start of Phase 3) |", "|---|---|---|---|---|---|---|---|"]
     for env, methods in summary.items():
         for name, s in methods.items():
-            lines.append(f"| {report.TITLES[env]} | {report.LABELS[name]} | {s['seeds']} | {s['episodes']} | "
+            lines.append(f"| {plots.TITLES[env]} | {plots.LABELS[name]} | {s['seeds']} | {s['episodes']} | "
                          f"{report.cell(s, 'violation_rate')} | {report.cell(s, 'success_rate_last100', '{:.2f} ± {:.2f}')} | "
                          f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
                          f"{report.cell(s['critic_auroc'], 'onpolicy_start')} |")
@@ -176,8 +178,8 @@ def rrl_baselines_table(summary: dict) -> str:
              "(successes + 1) / (violations + 1) at the end |", "|---|---|---|---|---|---|---|"]
     for env, methods in summary.items():
         for name, s in methods.items():
-            label = report.LABELS["rrl" if name == "rrl_oracle" else name]
-            lines.append(f"| {report.TITLES[env]} | {label} | {s['seeds']} | {s['episodes']} | "
+            label = plots.LABELS["rrl" if name == "rrl_oracle" else name]
+            lines.append(f"| {plots.TITLES[env]} | {label} | {s['seeds']} | {s['episodes']} | "
                          f"{report.cell(s, 'violation_rate')} | {report.cell(s, 'success_rate_last100', '{:.2f} ± {:.2f}')} | "
                          f"{s['final_success_violation_ratio']:.2f} |")
     return "\n".join(lines) + ("\n\nMean ± standard error over seeds (the ratio: mean over seeds). RRL is the "
@@ -192,9 +194,9 @@ def plot_ratio(path: str, by_env: dict) -> None:
             n = min(len(r["success_violation_ratio"]) for r in method_runs)
             curves = np.stack([r["success_violation_ratio"][:n] for r in method_runs])
             name = "rrl" if method == "rrl_oracle" else method
-            ax.plot(np.arange(1, n + 1), curves.mean(0), color=report.COLOURS.get(name),
-                    label=f"{report.LABELS[name]} ({len(method_runs)} seeds)")
-        ax.set(yscale="log", xlabel="Episode", ylabel="(successes + 1) / (violations + 1)", title=report.TITLES[env])
+            ax.plot(np.arange(1, n + 1), curves.mean(0), color=plots.COLOURS.get(name),
+                    label=f"{plots.LABELS[name]} ({len(method_runs)} seeds)")
+        ax.set(yscale="log", xlabel="Episode", ylabel="(successes + 1) / (violations + 1)", title=plots.TITLES[env])
     axes[0][0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -296,11 +298,11 @@ def claims_table(out: str, env_names) -> str:
         for pair, c in found.items():
             if c.get("claim") is None:
                 continue
-            a, b = (report.LABELS.get(m, m) for m in pair.split(" vs "))
+            a, b = (plots.LABELS.get(m, m) for m in pair.split(" vs "))
             size = " by 2x" if c["paper_effect"] == 0.5 else f" by {1 / c['paper_effect']:g}x" if c["paper_effect"] < 1 else ""
             claim = f"{a} fewer than {b}{size}" if c["claim"] == "fewer" else f"{a} about as few as {b}"
             ratio = "-" if c["ratio"] is None else \
-                f"{c['ratio']:.2f} {report.interval_text(*[float('inf') if v is None else v for v in c['ci95']])}"
+                f"{c['ratio']:.2f} {claims.interval_text(*[float('inf') if v is None else v for v in c['ci95']])}"
             lines.append(f"| {env} | {claim} | {c['seeds'][0]} / {c['seeds'][1]} | {ratio} | {c['verdict']} | "
                          f"{c['seeds_needed'] or '-'} |")
     return "\n".join(lines)
@@ -316,7 +318,7 @@ def comparison_table(out: str, env_names) -> str:
             continue
         for method, s in json.load(open(path))["methods"].items():
             a = s["critic_auroc"]
-            lines.append(f"| {env} | {report.LABELS.get(method, method)} | {s['seeds']} | {s['episodes']} | "
+            lines.append(f"| {env} | {plots.LABELS.get(method, method)} | {s['seeds']} | {s['episodes']} | "
                          f"{report.cell(s, 'cumulative_violations', '{:.1f} ± {:.1f}')} | "
                          f"{report.cell(s, 'final_success', '{:.2f} ± {:.2f}')} | "
                          f"{report.cell(s, 'final_return', '{:.1f} ± {:.1f}')} | "
@@ -364,12 +366,12 @@ def main(argv=None) -> None:
         print(f"== {name}", flush=True)
         stopped = None
         try:
-            with run.sigterm_as_interrupt():    # kill ends the workers as Ctrl-C does
+            with worker_pool.sigterm_as_interrupt():    # kill ends the workers as Ctrl-C does
                 table = parts[name](args.out, args.preset, args.workers, args.data_root)
-        except (datasets.DatasetError, ValueError) as e:   # finished runs stay on disk
+        except (dataset_files.DatasetError, ValueError) as e:   # finished runs stay on disk
             parser.exit(2, f"{parser.prog}: error: {e}\n")
         except KeyboardInterrupt as stop:
-            stopped = run.stop_status(stop)
+            stopped = worker_pool.stop_status(stop)
         if stopped:   # out of the except block: its traceback, and with it the worker pool, is freed first
             parser.exit(stopped[1], f"{stopped[0]}: finished runs are kept under {args.out}/; the same command resumes\n")
         print(table, flush=True)

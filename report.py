@@ -1,18 +1,8 @@
-"""Measuring and reporting MESA runs: the safety critic's AUROC, episode logs, summaries, figures.
-
-Kept apart from experiment.py so that it reads as the experiment (phases, caching) and this
-module as the bookkeeping around it. Nothing here trains anything.
-
-- `auroc`: the area under the ROC curve of scores against binary labels, rank-based
-  (Mann-Whitney U), ties counted as one half; written with numpy, no scikit-learn.
-- `danger_labels`: a held-out transition is positive when a violation happens at it or within the
-  next `horizon` steps of the same rollout (experiment.py uses horizon = round(1 / (1 - gamma_risk)), the
-  effective horizon of the discounted violation probability Q_risk estimates).
-- `summarise`: per environment, each method's final cumulative violations and final return /
-  success rate (mean over the last 10% of episodes) per seed, with the mean's 95% interval and
-  standard error; the comparisons the paper's claims are about (`paper_claim`), tested by
-  stats.py's intervals and written rule; and two figures in the style of the paper's Figure 3:
-  cumulative violations vs. episode and the learning curve, mean +- s.e. shaded, one colour per method.
+"""Reporting MESA runs: their files (episodes.csv, progress.csv, JSON) and each environment's
+summary: per method and seed the final cumulative violations, violating episodes and final return
+or success rate, with Student's t intervals; the critic's scores from metrics.json; the comparisons
+the paper's claims are about (claims.py); and two figures in the style of the paper's Figure 3
+(plots.py). Nothing here trains anything; the critic's scores themselves are critic_scores.py's.
 """
 from __future__ import annotations
 
@@ -21,30 +11,15 @@ import io
 import json
 import os
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import stats  # noqa: E402
-from common import atomic_write  # noqa: E402
+import stats
+from claims import comparisons, comparisons_table, interval_text
+from common import atomic_write
+from plots import LABELS, TITLES, save_figure
 
 COLUMNS = ("episode", "env_steps", "return", "length", "violation", "success", "recovery_fraction",
            "cumulative_violations")
-COLOURS = {"unconstrained": "tab:gray", "rrl": "tab:blue", "multitask": "tab:green", "mesa": "tab:red",
-           "rrl_oracle": "tab:purple", "lr": "tab:olive", "sqrl": "tab:cyan",
-           "rspo": "tab:pink", "rp": "tab:brown", "rcpo": "black", "carl": "tab:orange", "carl_offline": "gold",
-           "mesa_authors": "darkred", "multitask_authors": "darkgreen"}
-MARKERS = {"unconstrained": "s", "rrl": "^", "multitask": "D", "mesa": "o", "rrl_oracle": "v", "lr": "<",
-           "sqrl": ">", "rspo": "P", "rp": "X", "rcpo": "*", "carl": "h", "carl_offline": "H",
-           "mesa_authors": "p", "multitask_authors": "d"}
-LABELS = {"unconstrained": "Unconstrained", "rrl": "RRL", "multitask": "Multi-Task", "mesa": "MESA",
-          "rrl_oracle": "RRL-oracle", "lr": "LR", "sqrl": "SQRL", "rspo": "RSPO",
-          "rp": "RP", "rcpo": "RCPO", "mesa_authors": "MESA (authors' variant)",
-          "multitask_authors": "Multi-Task (authors' variant)", "carl": "CARL", "carl_offline": "CARL-Offline"}
-TITLES = {"navigation1": "Navigation 1", "navigation2": "Navigation 2", "maze": "Maze",
-          "cartpole": "Cartpole-Length", "halfcheetah": "HalfCheetah-Disabled", "ant": "Ant-Disabled"}
 
 
 # ----------------------------------------------------------------------------- files
@@ -123,57 +98,6 @@ def read_episodes(path: str) -> dict[str, np.ndarray]:
     return {c: np.array([float(r[c]) for r in rows]) for c in COLUMNS}
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def auroc(scores, labels) -> float:
-    """P(score of a random positive > score of a random negative), ties counting 1/2; nan if a class is empty.
-
-    AUROC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg), R_pos the sum of the positives'
-    1-based ranks, tied scores sharing their average rank.
-    """
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(scores))
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)   # average rank of each tie group
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def label_horizon(gamma_risk: float) -> float:
-    """round(1 / (1 - gamma_risk)): how many steps ahead a violation makes a transition dangerous
-    (Q_risk's effective horizon); unbounded at gamma_risk = 1."""
-    return round(1.0 / (1.0 - gamma_risk)) if gamma_risk < 1 else np.inf
-
-
-def danger_labels(costs, terminals, timeouts, horizon: float) -> np.ndarray:
-    """True where a violation happens at the transition or within `horizon` later steps of its rollout.
-
-    Rows are in collection order; a rollout ends at a row with terminal or timeout set.
-    """
-    labels = np.zeros(len(costs), bool)
-    steps_to_violation = np.inf
-    for i in range(len(costs) - 1, -1, -1):
-        if terminals[i] or timeouts[i]:
-            steps_to_violation = np.inf        # the rows after this one belong to another rollout
-        if costs[i] > 0:
-            steps_to_violation = 0
-        labels[i] = steps_to_violation <= horizon
-        steps_to_violation += 1
-    return labels
-
-
-def critic_level(q: np.ndarray, unsafe: np.ndarray, eps_risk: float) -> dict:
-    """Where Q_risk sits against eps_risk (a critic can rank well yet fire everywhere): its median at
-    the safe transitions (danger label 0) and the shares of safe and unsafe transitions above eps_risk."""
-    q, unsafe = np.asarray(q), np.asarray(unsafe, bool)
-    share = lambda x: float((x > eps_risk).mean()) if len(x) else float("nan")  # noqa: E731
-    return {"median_safe": float(np.median(q[~unsafe])) if (~unsafe).any() else float("nan"),
-            "safe_above_eps": share(q[~unsafe]), "unsafe_above_eps": share(q[unsafe])}
-
-
 def mean_se(values) -> tuple[float, float]:
     """Mean and standard error (std with ddof=1 over sqrt(n); 0 for a single value)."""
     values = np.asarray(values, np.float64)
@@ -186,62 +110,6 @@ def mean_se(values) -> tuple[float, float]:
 def final_value(values: np.ndarray) -> float:
     """The mean over the last 10% of episodes (at least one): "final" return or success rate."""
     return float(np.nanmean(values[-max(1, len(values) // 10):]))
-
-
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing running mean over `window` episodes (shorter at the start)."""
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    idx = np.arange(1, len(values) + 1)
-    start = np.maximum(0, idx - window)
-    return (sums[idx] - sums[start]) / (idx - start)
-
-
-def _curves(runs: list[dict], key: str, window: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = min(len(r[key]) for r in runs)
-    stacked = np.stack([smooth(r[key][:n], window) for r in runs])
-    se = stacked.std(0, ddof=1) / np.sqrt(len(runs)) if len(runs) > 1 else np.zeros(n)
-    return np.arange(1, n + 1), stacked.mean(0), se
-
-
-def window_label(ylabel: str, window: int) -> str:
-    """The y label with the running mean's window: "Return (running mean over 15 episodes)"."""
-    if window <= 1:
-        return ylabel
-    if "(running mean)" in ylabel:
-        return ylabel.replace("(running mean)", f"(running mean over {window} episodes)")
-    return f"{ylabel} (running mean over {window} episodes)"
-
-
-def draw_figure(by_method: dict, panels: list[tuple[str, str]], title: str, window: int = 1):
-    """One panel per (episodes.csv column, y label), side by side; mean ± s.e. over each method's seeds.
-
-    Every method's line has its own marker, placed at episodes staggered between methods, so that
-    lines on top of each other (several methods with 0 violations) stay apart; the legend sits right
-    of the panels, off the data; the y label gives a running mean's window.
-    """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 3.6), squeeze=False,
-                             layout="constrained")
-    for ax, (key, ylabel) in zip(axes[0], panels):
-        for i, (method, runs) in enumerate(by_method.items()):
-            x, mean, se = _curves(runs, key, window)
-            every = max(1, len(x) // 8)
-            ax.plot(x, mean, color=COLOURS.get(method), marker=MARKERS.get(method, "o"), markersize=5,
-                    markevery=(i * every // len(by_method), every),
-                    label=f"{LABELS.get(method, method)} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-            ax.fill_between(x, mean - se, mean + se, color=COLOURS.get(method), alpha=0.25, linewidth=0)
-        ax.set(xlabel="Episode", ylabel=window_label(ylabel, window))
-    fig.suptitle(title, fontsize=11)
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center", frameon=False)
-    return fig
-
-
-def _figure(path: str, by_method: dict, panels: list[tuple[str, str]], title: str, window: int = 1) -> None:
-    """draw_figure as a PNG at path."""
-    fig = draw_figure(by_method, panels, title, window)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 def _critic_values(metrics: list[dict], where: str, what: str = "auroc") -> list[float]:
@@ -275,7 +143,7 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
     last 100 episodes (or all, if fewer); final_*: mean over the last 10% of episodes;
     critic_auroc: Q_risk's AUROC held-out after Phases 1 and 2, and on the transitions Phase 3
     visited, by the critic it started from and by the final one. critic_level: per place, the share
-    of safe transitions whose Q_risk exceeds eps_risk and their median Q_risk (report.critic_level).
+    of safe transitions whose Q_risk exceeds eps_risk and their median Q_risk (critic_scores.critic_level).
     """
     out = {"seeds": len(runs), "episodes": int(min(len(r["episode"]) for r in runs))}
     out["per_seed"] = {"cumulative_violations": [float(r["cumulative_violations"][-1]) for r in runs],
@@ -300,80 +168,6 @@ def method_summary(runs: list[dict], metrics: list[dict], has_success: bool) -> 
         for what in ("safe_above_eps", "median_safe"):
             _stat(level, what, _critic_values(metrics, where, what))
     return out
-
-
-# ----------------------------------------------------------------------------- the paper's claims, with their uncertainty
-
-# The paper's claims about cumulative violations (section 5): MESA has up to 2x fewer than every
-# other method on the robots, and is about as good as Multi-Task and better than RRL and
-# Unconstrained SAC on Navigation and Cartpole; Recovery RL's paper: RRL (given its own data, as
-# RRL-oracle is) has fewer than Unconstrained SAC.
-FEWER_BY_HALF = ("halfcheetah", "ant")
-AS_GOOD_AS_MULTITASK = ("navigation1", "navigation2", "cartpole")
-
-
-def paper_claim(env: str, a: str, b: str) -> tuple[str, float] | None:
-    """(claim, the paper's factor) about rows a and b (stats.verdict), or None where it makes none.
-    Rows named mesa_* (e.g. the authors' variant) carry MESA's claims."""
-    if a.startswith("mesa") and env in FEWER_BY_HALF and b in ("unconstrained", "rrl", "multitask"):
-        return "fewer", 0.5
-    if a.startswith("mesa") and env in AS_GOOD_AS_MULTITASK and b in ("unconstrained", "rrl", "multitask"):
-        return ("as_few", 1.0) if b == "multitask" else ("fewer", 1.0)
-    if a in ("rrl", "rrl_oracle") and b == "unconstrained":
-        return "fewer", 1.0
-    return None
-
-
-def comparison_pairs(rows) -> list[tuple[str, str]]:
-    """Every MESA row against every other row, and RRL (and RRL-oracle) against Unconstrained SAC."""
-    rows = list(rows)
-    pairs = [(a, b) for a in rows if a.startswith("mesa") for b in rows if not b.startswith("mesa")]
-    return pairs + [(rrl, "unconstrained") for rrl in ("rrl", "rrl_oracle") if rrl in rows and "unconstrained" in rows]
-
-
-def comparisons(env: str, summary: dict) -> dict:
-    """summary.json's "comparisons": per pair "a vs b", stats.compare on the per-seed final
-    cumulative violations and final returns, with the paper's claim where it makes one."""
-    out = {}
-    for a, b in comparison_pairs(summary):
-        sa, sb = summary[a]["per_seed"], summary[b]["per_seed"]
-        claim = paper_claim(env, a, b)
-        out[f"{a} vs {b}"] = stats.compare(sa["cumulative_violations"], sb["cumulative_violations"],
-                                           sa["final_return"], sb["final_return"], *(claim or (None,)))
-    return out
-
-
-def interval_text(low, high, fmt: str = "{:.2f}") -> str:
-    """[low, high] as text ("inf" for an unbounded end); "-" for no interval."""
-    if low is None:
-        return "-"
-    return "[" + ", ".join("inf" if v == float("inf") else fmt.format(v) for v in (low, high)) + "]"
-
-
-def comparisons_table(found: dict) -> str:
-    """The comparisons as a markdown table: ratio of cumulative violations with its interval,
-    P(fewer), difference of returns, the paper's claim, the verdict and the seeds needed."""
-    claim_text = lambda c: "-" if "claim" not in c else (  # noqa: E731
-        f"fewer (x{c['paper_effect']:g})" if c["claim"] == "fewer" and c["paper_effect"] < 1 else
-        "fewer" if c["claim"] == "fewer" else f"as few (at most x{stats.AS_FEW_MARGIN:.2f})")
-    lines = ["| comparison | seeds | cumulative violations a / b [95% CI] | P(a seed of a has fewer) | "
-             "return a - b [95% CI] | paper's claim | verdict | seeds needed |", "|" + "---|" * 8]
-    for pair, c in found.items():
-        a, b = pair.split(" vs ")
-        ratio = ratio_cell(c)
-        diff = "-" if c.get("return_difference") is None else \
-            f"{c['return_difference']:.1f} {interval_text(*c['return_difference_ci95'], fmt='{:.1f}')}"
-        lines.append(f"| {LABELS.get(a, a)} vs {LABELS.get(b, b)} | {c['seeds'][0]} / {c['seeds'][1]} | {ratio} | "
-                     f"{c['probability_fewer']:.2f} | {diff} | {claim_text(c)} | {c.get('verdict') or '-'} | "
-                     f"{c.get('seeds_needed') or '-'} |")
-    return "\n".join(lines)
-
-
-def ratio_cell(comparison: dict) -> str:
-    """A comparison's ratio of cumulative violations and its interval, e.g. "0.89 [0.49, 1.54]"."""
-    if comparison["ratio"] is None:
-        return "-"
-    return f"{comparison['ratio']:.2f} {interval_text(*(comparison['ci95'] or [None, None]))}"
 
 
 def interval_cell(summary: dict, key: str, fmt: str) -> str:
@@ -483,9 +277,9 @@ def summarise(env_dir: str, env: str, methods, seeds, has_success: bool, preset:
                                                          "comparisons": found}, strict=True)
     if by_method:
         title = f"{TITLES.get(env, env)} (mean ± s.e. over seeds)"
-        _figure(os.path.join(env_dir, "cumulative_violations.png"), by_method,
+        save_figure(os.path.join(env_dir, "cumulative_violations.png"), by_method,
                 [("cumulative_violations", "Cumulative violations")], title)
         n = min(len(r["episode"]) for runs in by_method.values() for r in runs)
         panels = [("success", "Success rate (running mean)")] * has_success + [("return", "Return (running mean)")]
-        _figure(os.path.join(env_dir, "learning_curve.png"), by_method, panels, title, window=max(1, n // 20))
+        save_figure(os.path.join(env_dir, "learning_curve.png"), by_method, panels, title, window=max(1, n // 20))
     return table

@@ -15,20 +15,18 @@ A rerun with the same configuration skips finished runs and resumes interrupted 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import importlib.util
-import multiprocessing
 import os
 import signal
-import sys
 
 if __name__ == "__mp_main__":   # a spawned worker importing this script: Ctrl-C is the parent's (pool_map)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # already while torch imports, before _init_worker runs
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # already while torch imports, before worker_pool._init_worker runs
 
 import torch  # noqa: E402
 
+import dataset_files  # noqa: E402
 import datasets  # noqa: E402
 import envs  # noqa: E402
 import report  # noqa: E402
@@ -40,6 +38,7 @@ from experiment import ORACLE_DATA_METHODS, heldout_set, run_one  # noqa: E402
 from jobspec import DATA_SEED, DamagedFile, Job, check_files, finished  # noqa: E402
 from mesa import METHODS  # noqa: E402
 from presets import GROUPS, MESA_VARIANTS, SKIPPED, field_docs, job_config  # noqa: E402
+from worker_pool import pool_map, ray_map, sigterm_as_interrupt, stop_status  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,14 +219,6 @@ def announce(jobs: list[Job], todo: list[Job], workers: int, backend: str, ray_a
 
 # ----------------------------------------------------------------------------- the sweep
 
-def _init_worker(threads: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the parent's to handle: no tracebacks
-    # pool.terminate()'s SIGTERM: exit through Python's cleanup, which hands back the semaphores this
-    # worker made (tqdm's lock), instead of leaving the resource tracker to warn of them
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    torch.set_num_threads(threads)
-
-
 def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local",
              ray_address: str | None = None) -> list[str]:
     """Run the jobs one after another, in `workers` spawned processes, or as Ray tasks; print a line
@@ -263,80 +254,13 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local"
     return failures
 
 
-def _call_with_threads(function, item, threads: int):
-    torch.set_num_threads(threads)
-    return function(item)
-
-
-def ray_map(function, items: list, threads: int, address: str | None = None, local_cpus: int = 1):
-    """(item, function(item)) for every item, as Ray tasks of one CPU each, yielded as they finish;
-    a task that fails yields its exception and the others go on. address None starts a local Ray
-    with local_cpus CPUs; else it joins that cluster, whose nodes must see this repository and the
-    output folder at the same paths (a shared filesystem)."""
-    import ray    # optional: requirements-ray.txt
-    root = os.path.dirname(os.path.abspath(__file__))
-    ray.init(address=address, num_cpus=None if address else local_cpus, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": root}}, configure_logging=False)
-    task = ray.remote(num_cpus=1, max_retries=0)(_call_with_threads)
-    pending = {task.remote(function, item, threads): item for item in items}
-    try:
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            item = pending.pop(ref)
-            try:
-                yield item, ray.get(ref)
-            except ray.exceptions.RayError as error:
-                yield item, error
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        ray.shutdown()
-
-
-def pool_map(function, items: list, workers: int, threads: int, ordered: bool = True):
-    """function(item) for every item in `workers` spawned processes of `threads` torch threads each,
-    yielded in order (or as they finish). Ctrl-C terminates the workers at once."""
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (threads,), maxtasksperchild=1)
-    try:
-        yield from (pool.imap if ordered else pool.imap_unordered)(function, items)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main process where Ctrl-C raises KeyboardInterrupt."""
-
-
-def _terminate(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # a second SIGTERM must not cut the workers' cleanup short
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within it, SIGTERM (kill, a scheduler's stop) raises Terminated in the main process as Ctrl-C
-    raises KeyboardInterrupt, so that pool_map's cleanup ends the workers instead of orphaning them."""
-    previous_handler = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-
-
-def stop_status(stop: KeyboardInterrupt) -> tuple[str, int]:
-    """("terminated", 143) for SIGTERM, ("interrupted", 130) for Ctrl-C: the word and exit status."""
-    return ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
-
-
 def datasets_cached(env: str, args) -> bool:
     """Whether env's training sets and D_test are generated under --data-root (an unreadable manifest:
     no; generating them says what is wrong)."""
     try:
         return all(f.is_cached() for f in datasets.file_jobs(env, args.preset, args.data_root, args.test_variant,
                                                              DATA_SEED))
-    except (OSError, ValueError, KeyError, datasets.DatasetError):
+    except (OSError, ValueError, KeyError, dataset_files.DatasetError):
         return False
 
 
@@ -363,7 +287,7 @@ def sweep(jobs: list[Job], env_names: list[str], methods: list[str], args, threa
             heldout_set(env, args.preset, args.data_root, args.test_variant)
             if set(methods) & set(ORACLE_DATA_METHODS):
                 datasets.get_oracle(env, args.preset, args.data_root, args.test_variant, True, DATA_SEED)
-    except (datasets.DatasetError, ValueError) as e:
+    except (dataset_files.DatasetError, ValueError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except OSError as e:
         parser.exit(2, f"{parser.prog}: error: cannot write the datasets under --data-root {args.data_root} "

@@ -17,14 +17,17 @@ from __future__ import annotations
 import os
 import shutil
 
+import claims
 import datasets
 import envs
 import experiment
 import jobspec
 import mesa
+import plots
 import presets
 import report
 import run
+import worker_pool
 from common import atomic_write
 
 OUTER_LRS = (1e-5, 1e-4, 1e-3)
@@ -86,7 +89,7 @@ def parallel(function, jobs: list, workers: int) -> list:
     """function(job) for every job in `workers` spawned single-thread processes, in order."""
     if workers <= 1:
         return [function(j) for j in jobs]
-    return list(run.pool_map(function, jobs, workers, 1))
+    return list(worker_pool.pool_map(function, jobs, workers, 1))
 
 
 # ----------------------------------------------------------------------------- outer learning rate
@@ -137,7 +140,7 @@ def eps_risk(out: str, preset: str, workers: int, data_root: str = "data") -> st
             v, ok, rec = (report.mean_se(x) for x in ([e["cumulative_violations"][-1] for e in eps_runs],
                                                        [report.final_value(e["success"]) for e in eps_runs],
                                                        [e["recovery_fraction"].mean() for e in eps_runs]))
-            lines.append(f"| {eps:g} | {report.LABELS[m]} | {v[0]:.1f} ± {v[1]:.1f} | {ok[0]:.2f} ± {ok[1]:.2f} | "
+            lines.append(f"| {eps:g} | {plots.LABELS[m]} | {v[0]:.1f} ± {v[1]:.1f} | {ok[0]:.2f} ± {ok[1]:.2f} | "
                          f"{rec[0]:.2f} ± {rec[1]:.2f} |")
     return "\n".join(lines)
 
@@ -219,12 +222,12 @@ def mesa_variants_summary(out: str, preset: str, jobs: dict) -> str:
             if runs:
                 summary[env][row] = report.method_summary(runs, metrics, envs.HAS_SUCCESS[env])
     folder = os.path.join(out, "mesa_variants")
-    found = {env: report.comparisons(env, rows) for env, rows in summary.items() if rows}
+    found = {env: claims.comparisons(env, rows) for env, rows in summary.items() if rows}
     report.write_json(os.path.join(folder, "summary.json"), {"preset": preset, "envs": summary, "comparisons": found},
                       strict=True)
     table = mesa_variants_table(summary)
     atomic_write(os.path.join(folder, "summary.md"), table + "\n" + "".join(
-        f"\n## {report.TITLES[env]}: comparisons\n\n{report.comparisons_table(c)}\n" for env, c in found.items() if c))
+        f"\n## {plots.TITLES[env]}: comparisons\n\n{claims.comparisons_table(c)}\n" for env, c in found.items() if c))
     return table
 
 
@@ -235,7 +238,7 @@ def mesa_variants_table(summary: dict) -> str:
     for env, rows in summary.items():
         for row, s in rows.items():
             a = s["critic_auroc"]
-            lines.append(f"| {env} | {report.LABELS.get(row, row)} | {s['seeds']} | "
+            lines.append(f"| {env} | {plots.LABELS.get(row, row)} | {s['seeds']} | "
                          f"{report.cell(a, 'heldout_after_phase1', '{:.2f} ± {:.2f}')} / "
                          f"{report.cell(a, 'heldout_after_phase2', '{:.2f} ± {:.2f}')} | "
                          f"{report.cell(a, 'onpolicy_start', '{:.2f} ± {:.2f}')} / "

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import baselines
-import report
+import plots
 import run
 from recovery_rl import RecoveryConfig, Safety
 from sac import SACConfig
@@ -95,5 +95,5 @@ def test_every_baseline_runs_end_to_end_on_the_smoke_preset(tmp_path, capsys):
               "--workers", "1", "--no-progress", "--out", str(tmp_path / "r"), "--data-root", str(tmp_path / "d")])
     out = capsys.readouterr().out
     for method in baselines.BASELINES:
-        assert f"done navigation1/{method}/seed0" in out and report.LABELS[method] in out
+        assert f"done navigation1/{method}/seed0" in out and plots.LABELS[method] in out
     assert "| MESA |" not in out           # "all" stays the paper's comparison; baselines by name

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import carl
+import ensemble
 import envs
 import evaluate
 import experiment
@@ -17,7 +18,8 @@ import jobspec
 import presets
 import run
 import timing
-from carl import CARLConfig, ProbabilisticEnsemble
+from carl import CARLConfig
+from ensemble import ProbabilisticEnsemble
 from conftest import random_dataset
 
 SMALL = CARLConfig(ensemble=2, hidden=(32, 32), weight_decays=(0.0, 0.0, 0.0), particles=4, horizon=3,
@@ -32,15 +34,15 @@ def test_gaussian_nll_is_twice_the_normal_nll_without_its_constant():
     target = torch.tensor([[[1.5, 1.0]], [[2.0, -3.0]]])
     by_hand = ((1.0 ** 2 / 1 + 0.0) + (2.0 ** 2 / 4 + math.log(4.0))) / 2 \
         + ((0.0 + -1.0) + (3.0 ** 2 / math.e + 1.0)) / 2              # per member: mean over dimensions
-    assert carl.gaussian_nll(mean, logvar, target).item() == pytest.approx(by_hand, rel=1e-6)
+    assert ensemble.gaussian_nll(mean, logvar, target).item() == pytest.approx(by_hand, rel=1e-6)
     normal = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
     reference = (-2 * normal.log_prob(target) - math.log(2 * math.pi)).mean((-1, -2)).sum()
-    assert carl.gaussian_nll(mean, logvar, target).item() == pytest.approx(reference.item(), rel=1e-6)
+    assert ensemble.gaussian_nll(mean, logvar, target).item() == pytest.approx(reference.item(), rel=1e-6)
 
 
 def test_log_variance_stays_between_its_bounds_and_is_free_between_them():
     low, high = torch.tensor(-10.0), torch.tensor(0.5)
-    out = carl.bounded_logvar(torch.tensor([-1e3, -4.0, 1e3]), low, high)
+    out = ensemble.bounded_logvar(torch.tensor([-1e3, -4.0, 1e3]), low, high)
     assert out[0].item() == pytest.approx(-10.0, abs=1e-4) and out[2].item() == pytest.approx(0.5, abs=1e-4)
     assert out[1].item() == pytest.approx(-4.0, abs=0.02)           # far from both bounds: about itself
 
@@ -49,8 +51,8 @@ def test_catastrophe_loss_weights_positives_by_negatives_per_positive():
     logit, label = torch.tensor([0.3, -1.0, 2.0, 0.0]), torch.tensor([1.0, 0.0, 0.0, 0.0])
     p = torch.sigmoid(logit)
     by_hand = -(3.0 * torch.log(p[0]) + torch.log(1 - p[1:]).sum()) / 4
-    assert carl.catastrophe_loss(logit, label).item() == pytest.approx(by_hand.item(), rel=1e-6)
-    none = carl.catastrophe_loss(logit, torch.zeros(4))             # no positive: the negatives alone
+    assert ensemble.catastrophe_loss(logit, label).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    none = ensemble.catastrophe_loss(logit, torch.zeros(4))             # no positive: the negatives alone
     assert none.item() == pytest.approx((-torch.log(1 - p)).mean().item(), rel=1e-6)
 
 
@@ -78,7 +80,7 @@ def test_ensemble_learns_a_linear_system_and_its_noise():
 
 def test_a_turned_over_pole_looks_the_same_to_the_model():
     obs = torch.tensor([[0.3, 0.2, -1.0, 0.5], [0.3, 0.2 + 2 * math.pi, -1.0, 0.5]])
-    features = carl.angle_features(obs, carl.ANGLES["cartpole"])
+    features = ensemble.angle_features(obs, carl.ANGLES["cartpole"])
     assert features.shape == (2, 5) and torch.allclose(features[0], features[1], atol=1e-5)
     assert torch.allclose(features[0], torch.tensor([0.3, -1.0, 0.5, math.sin(0.2), math.cos(0.2)]))
 
@@ -87,7 +89,7 @@ def test_a_turned_over_pole_looks_the_same_to_the_model():
 
 def constant_ensemble(steps=(1.0, 2.0)) -> ProbabilisticEnsemble:
     """Two members that move the first coordinate by steps[b] per step, with (almost) no noise."""
-    model = ProbabilisticEnsemble(2, 1, SMALL)
+    model = ProbabilisticEnsemble(2, 1, SMALL.ensemble, SMALL.hidden, SMALL.weight_decays)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import pytest
 
+import dataset_files
 import datasets
 import envs
 import generators
@@ -50,14 +51,14 @@ def test_point_env_rollouts_end_at_the_first_violation(name, kind):
     assert lengths.max() <= spec.rollout_len
     assert not any(env.violates(s) for s in d["observations"])        # no row starts in violation
     assert d["costs"].sum() > 0 and np.all(d["terminals"][d["costs"] == 1])   # a violation ends it
-    assert datasets.violation_events(d) == d["costs"].sum()             # no stuck repeats
+    assert dataset_files.violation_events(d) == d["costs"].sum()             # no stuck repeats
     assert np.std(d["observations"][starts], axis=0).min() > (1.0 if name != "maze" else 0.05)
 
 
 def test_navigation1_data_lies_in_the_corridor():
     """61% of the authors' Navigation-1 transitions lie in the path corridor (|y| < 5, -80 < x < 0)."""
     d = nav_data(n=10_000)
-    share = datasets.near_obstacle_share("navigation1", d["observations"])
+    share = dataset_files.near_obstacle_share("navigation1", d["observations"])
     assert 0.55 < share < 0.67
     starts, _ = episode_starts(d)
     x, y = d["observations"][starts].T
@@ -71,7 +72,7 @@ def test_navigation2_blocks_aim_at_the_obstacle_and_rrl_variant_adds_uniform_sta
     mesa_data = generators.collect("navigation2", task, 8000, 0, spec, "train")
     rrl_data = generators.collect("navigation2", task, 8000, 0, spec, "oracle", variant="rrl")
     assert 0.06 < mesa_data["costs"].mean() < 0.2                         # paper: 12%
-    near = [datasets.near_obstacle_share("navigation2", d["observations"]) for d in (mesa_data, rrl_data)]
+    near = [dataset_files.near_obstacle_share("navigation2", d["observations"]) for d in (mesa_data, rrl_data)]
     assert near[0] > 0.8 and near[1] < near[0] - 0.2
     starts, _ = episode_starts(mesa_data)
     x, y = mesa_data["observations"][starts].T
@@ -97,7 +98,7 @@ def test_sac_replay_goes_on_after_a_violation_and_oracle_is_a_sample():
     _, ends = episode_starts(s1)
     assert ends[-1] and s1["costs"].sum() > 0
     assert np.any((s1["costs"][:-1] == 1) & ~ends[:-1])          # the episode goes on after a violation
-    assert datasets.violation_events(s1) < s1["costs"].sum()
+    assert dataset_files.violation_events(s1) < s1["costs"].sum()
     oracle = generators.collect("cartpole", envs.test_task("cartpole"), 50, 5, TINY_SAC, "oracle")
     assert len(oracle["rewards"]) == 50
     with pytest.raises(ValueError, match="unknown dataset kind"):
@@ -118,9 +119,9 @@ def test_violation_events_count_entries_not_repeats():
     terminals = np.zeros(7, bool)
     timeouts = np.array([0, 0, 1, 0, 0, 0, 1], bool)                 # two episodes: rows 0-2, 3-6
     d = {"costs": costs, "terminals": terminals, "timeouts": timeouts}
-    assert datasets.violation_events(d) == 2
+    assert dataset_files.violation_events(d) == 2
     d["timeouts"] = np.array([0, 1, 0, 0, 0, 0, 1], bool)            # row 2 starts a new episode
-    assert datasets.violation_events(d) == 3
+    assert dataset_files.violation_events(d) == 3
 
 
 def test_same_seed_same_dataset():
@@ -133,19 +134,19 @@ def test_round_trip_is_exact(tmp_path):
     data = nav_data()
     path = tmp_path / "d.npz"
     task = {"b": (1.3, 0.7)}
-    datasets.save_dataset(path, data, env="navigation1", task=task, seed=7)
-    out = datasets.load_dataset(path, expected_sha256=datasets.sha256(path))
+    dataset_files.save_dataset(path, data, env="navigation1", task=task, seed=7)
+    out = dataset_files.load_dataset(path, expected_sha256=dataset_files.sha256(path))
     for key in datasets.FIELDS:
         assert out[key].dtype == data[key].dtype and np.array_equal(out[key], data[key])
     assert out["task"] == task and out["seed"] == 7 and out["env"] == "navigation1"
-    datasets.save_dataset(tmp_path / "c.npz", data, env="navigation1", task={"length": 0.5}, seed=0)
-    assert datasets.load_dataset(tmp_path / "c.npz")["task"] == {"length": 0.5}
+    dataset_files.save_dataset(tmp_path / "c.npz", data, env="navigation1", task={"length": 0.5}, seed=0)
+    assert dataset_files.load_dataset(tmp_path / "c.npz")["task"] == {"length": 0.5}
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]      # no temp file left behind
 
 
 def _write_raw(path, data, **overrides):
     raw = {**{k: data[k] for k in datasets.FIELDS}, "env": np.array("navigation1"),
-           "seed": np.array(0, np.int64), "format_version": np.array(datasets.FORMAT_VERSION),
+           "seed": np.array(0, np.int64), "format_version": np.array(dataset_files.FORMAT_VERSION),
            "task_b": np.array([1.0, 1.0])}
     raw.update(overrides)
     raw = {k: v for k, v in raw.items() if v is not None}
@@ -163,35 +164,35 @@ def _write_raw(path, data, **overrides):
     ({"rewards": np.r_[np.zeros(59), np.nan].astype(np.float32)}, "rewards has non-finite"),
     ({"next_observations": np.full((60, 2), np.inf, np.float32)}, "next_observations has non-finite"),
     ({"costs": np.r_[np.zeros(59), 3.0].astype(np.float32)}, r"costs outside \{0, 1\}"),
-    ({"format_version": np.array(datasets.FORMAT_VERSION + 1)}, "format version"),
+    ({"format_version": np.array(dataset_files.FORMAT_VERSION + 1)}, "format version"),
     ({"env": np.array("pendulum")}, "unknown env"),
 ])
 def test_corrupt_files_raise_dataset_error(tmp_path, override, message):
     path = tmp_path / "bad.npz"
     _write_raw(path, nav_data(), **override)
     with pytest.raises(DatasetError, match=message) as err:
-        datasets.load_dataset(path)
+        dataset_files.load_dataset(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_checksum_mismatch_truncated_file_and_missing_file(tmp_path):
     path = tmp_path / "d.npz"
-    datasets.save_dataset(path, nav_data(), env="navigation1", task={"b": (1.0, 1.0)}, seed=0)
-    digest = datasets.sha256(path)
+    dataset_files.save_dataset(path, nav_data(), env="navigation1", task={"b": (1.0, 1.0)}, seed=0)
+    digest = dataset_files.sha256(path)
     with pytest.raises(DatasetError, match="sha256"):
-        datasets.load_dataset(path, expected_sha256="0" * 64)
+        dataset_files.load_dataset(path, expected_sha256="0" * 64)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(size // 2)
     with pytest.raises(DatasetError, match="sha256"):
-        datasets.load_dataset(path, expected_sha256=digest)
+        dataset_files.load_dataset(path, expected_sha256=digest)
     with pytest.raises(DatasetError, match="not a readable .npz"):
-        datasets.load_dataset(path)
+        dataset_files.load_dataset(path)
     with pytest.raises(DatasetError, match="file not found"):
-        datasets.load_dataset(tmp_path / "nope.npz")
+        dataset_files.load_dataset(tmp_path / "nope.npz")
     with pytest.raises(DatasetError, match="costs outside"):          # save validates too
         bad = {**nav_data(), "costs": np.full(60, 3.0, np.float32)}
-        datasets.save_dataset(path, bad, env="navigation1", task={}, seed=0)
+        dataset_files.save_dataset(path, bad, env="navigation1", task={}, seed=0)
 
 
 def test_get_datasets_generates_caches_and_verifies(tmp_path, monkeypatch):
@@ -205,7 +206,7 @@ def test_get_datasets_generates_caches_and_verifies(tmp_path, monkeypatch):
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     entry = manifest["files"]["train_03.npz"]
     assert entry["violations"] == int(train[3]["costs"].sum())
-    assert entry["sha256"] == datasets.sha256(os.path.join(folder, "train_03.npz"))
+    assert entry["sha256"] == dataset_files.sha256(os.path.join(folder, "train_03.npz"))
 
     def no_collect(*args, **kwargs):
         raise AssertionError("cached datasets must not be regenerated")
@@ -216,7 +217,7 @@ def test_get_datasets_generates_caches_and_verifies(tmp_path, monkeypatch):
 
     data = {k: train[3][k].copy() for k in datasets.FIELDS}       # a valid but different file
     data["rewards"][0] += 1.0
-    datasets.save_dataset(os.path.join(folder, "train_03.npz"), data, env="navigation2",
+    dataset_files.save_dataset(os.path.join(folder, "train_03.npz"), data, env="navigation2",
                           task=train[3]["task"], seed=train[3]["seed"])
     with pytest.raises(DatasetError, match="train_03.npz: sha256"):
         datasets.get_datasets("navigation2", "smoke", root=root)
@@ -238,7 +239,7 @@ def test_old_format_version_is_refused_with_how_to_regenerate(tmp_path):
     path = tmp_path / "old.npz"
     _write_raw(path, nav_data(), format_version=np.array(1))
     with pytest.raises(DatasetError, match="format version 1, expected 2; delete"):
-        datasets.load_dataset(path)
+        dataset_files.load_dataset(path)
 
 
 def test_get_datasets_sac_envs_oracle_and_cli(tmp_path, capsys):
@@ -268,7 +269,7 @@ def test_sac_replay_envs_draw_d_test_heldout_and_oracle_from_the_test_tasks_repl
     root = str(tmp_path)
     _, test = datasets.get_datasets("cartpole", "smoke", root=root)
     job = datasets.test_replay_job("cartpole", "smoke", root)
-    replay = datasets.load_dataset(job.path)
+    replay = dataset_files.load_dataset(job.path)
     assert replay["task"] == test["task"] == envs.test_task("cartpole") and len(replay["rewards"]) == 400
     heldout = datasets.get_heldout("cartpole", "smoke", root, "default", 200, 998)
     oracle = datasets.get_oracle("cartpole", "smoke", root=root)
@@ -279,9 +280,9 @@ def test_sac_replay_envs_draw_d_test_heldout_and_oracle_from_the_test_tasks_repl
     assert datasets.test_replay_job("navigation1", "smoke", root) is None
 
     changed = {**replay, "actions": -replay["actions"]}         # as if the replay had been collected again
-    datasets.save_dataset(job.path, changed, env="cartpole", task=replay["task"], seed=replay["seed"])
+    dataset_files.save_dataset(job.path, changed, env="cartpole", task=replay["task"], seed=replay["seed"])
     entry = json.load(open(os.path.join(job.folder, "manifest.json")))["files"][job.fname]
-    datasets._record(job, "smoke", {**entry, "sha256": datasets.sha256(job.path)})
+    datasets._record(job, "smoke", {**entry, "sha256": dataset_files.sha256(job.path)})
     test_job = datasets.file_jobs("cartpole", "smoke", root)[-1]
     assert not test_job.is_cached()
     _, test_again = datasets.get_datasets("cartpole", "smoke", root=root)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import critic_scores
 import evaluate
-import report
 import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def test_critic_levels_measure_q_risk_against_eps_risk_on_d_test(runs, capsys):
     saved.safety.q_risk = lambda obs, act: torch.full((len(obs), 1), eps + 0.01)   # above eps_risk everywhere
     high = saved.critic_levels(test)
     assert high["median_safe"] == pytest.approx(eps + 0.01) and high["safe_above"] == high["pi_rec_safe_above"] == 1.0
-    labels = report.danger_labels(test["costs"], test["terminals"], test["timeouts"],
+    labels = critic_scores.danger_labels(test["costs"], test["terminals"], test["timeouts"],
                                   round(1 / (1 - saved.safety.cfg.gamma_risk)))
     saved.safety.q_risk = lambda obs, act: torch.from_numpy(labels.astype(np.float32))[:, None]   # a perfect critic
     exact = saved.critic_levels(test)

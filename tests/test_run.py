@@ -14,15 +14,19 @@ import numpy as np
 import pytest
 import torch
 
+import claims
+import common
+import critic_scores
 import datasets
 import experiment
 import jobspec
 import mesa
+import plots
 import presets
 import report
 import run
-import common
 import timing
+import worker_pool
 from recovery_rl import RecoveryConfig, Safety
 
 ENVS = ("navigation1", "cartpole")
@@ -79,7 +83,7 @@ def test_smoke_sweep_writes_every_file(sweep):
                 assert (folder / "phase2.pt").exists()
                 quality = metrics["critic"]["after_phase2"]
                 assert 0 <= quality["loss"] < 1 and quality["transitions"] == experiment.HELDOUT_SIZE["smoke"]
-            assert report.LABELS[method] in summary
+            assert plots.LABELS[method] in summary
 
 
 def test_rerun_skips_finished_runs(sweep, data_root, capsys):
@@ -169,10 +173,10 @@ def test_bool_options_parse_both_ways():
 
 def test_auroc_hand_computed_with_ties():
     # positives {0.5, 0.9}, negatives {0.5, 0.2}: pairs 0.5~0.5 -> 1/2, the other three -> 1.
-    assert report.auroc([0.5, 0.5, 0.2, 0.9], [1, 0, 0, 1]) == pytest.approx(3.5 / 4)
-    assert report.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
-    assert report.auroc([0.3, 0.3, 0.3], [1, 0, 0]) == pytest.approx(0.5)
-    assert np.isnan(report.auroc([0.1, 0.2], [0, 0]))
+    assert critic_scores.auroc([0.5, 0.5, 0.2, 0.9], [1, 0, 0, 1]) == pytest.approx(3.5 / 4)
+    assert critic_scores.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert critic_scores.auroc([0.3, 0.3, 0.3], [1, 0, 0]) == pytest.approx(0.5)
+    assert np.isnan(critic_scores.auroc([0.1, 0.2], [0, 0]))
 
 
 def test_auroc_matches_pairwise_definition():
@@ -180,16 +184,16 @@ def test_auroc_matches_pairwise_definition():
     scores, labels = rng.integers(0, 5, 60).astype(float), rng.random(60) < 0.3   # many ties
     pairs = [(1.0 if p > n else 0.5 if p == n else 0.0)
              for p, n in itertools.product(scores[labels], scores[~labels])]
-    assert report.auroc(scores, labels) == pytest.approx(np.mean(pairs))
+    assert critic_scores.auroc(scores, labels) == pytest.approx(np.mean(pairs))
 
 
 def test_danger_labels_stay_within_rollouts():
     costs = np.array([0, 0, 0, 1, 0, 0, 0, 0, 1], np.float32)
     ends = np.array([0, 0, 0, 0, 0, 1, 0, 0, 0], bool)        # rollout 1: rows 0-5, rollout 2: rows 6-8
-    labels = report.danger_labels(costs, ends, np.zeros(9, bool), horizon=2)
+    labels = critic_scores.danger_labels(costs, ends, np.zeros(9, bool), horizon=2)
     # row 0 is 3 steps before the violation (> 2); rows 4-5 come after it; row 5 ends the rollout
     assert labels.tolist() == [False, True, True, True, False, False, True, True, True]
-    timeout_labels = report.danger_labels(costs, np.zeros(9, bool), ends, horizon=2)
+    timeout_labels = critic_scores.danger_labels(costs, np.zeros(9, bool), ends, horizon=2)
     assert timeout_labels.tolist() == labels.tolist()
 
 
@@ -365,7 +369,7 @@ def test_onpolicy_auroc_on_a_constructed_buffer():
     final = copy.deepcopy(safety.state_dict())
     visits = constructed_visits(np.array([0, .1, .2, .6, .7, .8, .1, .2, .3, .4]))
     policy = lambda obs: torch.zeros(len(obs), 1)                       # noqa: E731
-    scores = experiment.onpolicy_quality(safety, start_state, visits, policy)
+    scores = critic_scores.onpolicy_quality(safety, start_state, visits, policy)
     assert scores["onpolicy_final"]["auroc"] == 1.0 and scores["onpolicy_start"]["auroc"] == 0.0
     assert scores["onpolicy_final"]["positives"] == 3 and scores["onpolicy_final"]["label_horizon"] == 2.0
     for name, value in safety.q_risk.state_dict().items():               # the final critic is back
@@ -408,7 +412,7 @@ def test_critic_level_on_a_constructed_buffer():
     safety = linear_critic(+1.0)
     safety.cfg.eps_risk = 0.55
     visits = constructed_visits(np.array([0, .1, .2, .6, .7, .8, .1, .2, .3, .4]))
-    scores = experiment.critic_quality(safety, visits, lambda obs: torch.zeros(len(obs), 1))
+    scores = critic_scores.critic_quality(safety, visits, lambda obs: torch.zeros(len(obs), 1))
     assert scores["safe_above_eps"] == pytest.approx(2 / 7) and scores["unsafe_above_eps"] == 1.0
     assert scores["median_safe"] == pytest.approx(torch.sigmoid(torch.tensor(0.2)).item())
 
@@ -547,7 +551,7 @@ def test_ray_backend_gives_the_process_pools_results(tmp_path, data_root, requir
 def test_ray_reports_a_failed_job_and_finishes_the_others(require_extra):
     require_extra("ray")
     import math
-    outcome = dict(run.ray_map(math.sqrt, [4.0, -1.0, 9.0], threads=1, local_cpus=2))
+    outcome = dict(worker_pool.ray_map(math.sqrt, [4.0, -1.0, 9.0], threads=1, local_cpus=2))
     assert outcome[4.0] == 2.0 and outcome[9.0] == 3.0
     assert isinstance(outcome[-1.0], Exception) and "math domain error" in str(outcome[-1.0])
 
@@ -754,7 +758,7 @@ def test_figures_tell_lines_at_zero_apart_and_keep_the_legend_off_the_data():
     runs = {m: [{"cumulative_violations": np.zeros(40), "success": np.zeros(40)}]
             for m in ("mesa", "multitask", "rrl_oracle")}
     runs["unconstrained"] = [{"cumulative_violations": np.arange(1.0, 41), "success": np.zeros(40)}]
-    fig = report.draw_figure(runs, [("cumulative_violations", "Cumulative violations"),
+    fig = plots.draw_figure(runs, [("cumulative_violations", "Cumulative violations"),
                                     ("success", "Success rate (running mean)")], "test", window=4)
     fig.canvas.draw()
     lines = fig.axes[0].get_lines()
@@ -770,22 +774,22 @@ def test_figures_tell_lines_at_zero_apart_and_keep_the_legend_off_the_data():
 
 
 def test_the_papers_claims_and_the_pairs_every_summary_compares():
-    assert report.paper_claim("halfcheetah", "mesa", "multitask") == ("fewer", 0.5)
-    assert report.paper_claim("ant", "mesa_authors", "rrl") == ("fewer", 0.5)        # MESA's rows carry its claim
-    assert report.paper_claim("navigation1", "mesa", "multitask") == ("as_few", 1.0)
-    assert report.paper_claim("cartpole", "mesa", "unconstrained") == ("fewer", 1.0)
-    assert report.paper_claim("maze", "mesa", "rrl") is None                          # the paper shows no Maze comparison
-    assert report.paper_claim("halfcheetah", "mesa", "rrl_oracle") is None
-    assert report.paper_claim("maze", "rrl", "unconstrained") == ("fewer", 1.0)       # Recovery RL's own claim
-    pairs = report.comparison_pairs(["unconstrained", "rrl", "mesa", "mesa_authors", "multitask"])
+    assert claims.paper_claim("halfcheetah", "mesa", "multitask") == ("fewer", 0.5)
+    assert claims.paper_claim("ant", "mesa_authors", "rrl") == ("fewer", 0.5)        # MESA's rows carry its claim
+    assert claims.paper_claim("navigation1", "mesa", "multitask") == ("as_few", 1.0)
+    assert claims.paper_claim("cartpole", "mesa", "unconstrained") == ("fewer", 1.0)
+    assert claims.paper_claim("maze", "mesa", "rrl") is None                          # the paper shows no Maze comparison
+    assert claims.paper_claim("halfcheetah", "mesa", "rrl_oracle") is None
+    assert claims.paper_claim("maze", "rrl", "unconstrained") == ("fewer", 1.0)       # Recovery RL's own claim
+    pairs = claims.comparison_pairs(["unconstrained", "rrl", "mesa", "mesa_authors", "multitask"])
     assert pairs == [("mesa", "unconstrained"), ("mesa", "rrl"), ("mesa", "multitask"), ("mesa_authors", "unconstrained"),
                      ("mesa_authors", "rrl"), ("mesa_authors", "multitask"), ("rrl", "unconstrained")]
     per_seed = lambda v: {"per_seed": {"cumulative_violations": v, "final_return": [1.0, 2.0, 3.0]}}  # noqa: E731
-    found = report.comparisons("halfcheetah", {"mesa": per_seed([5, 6, 7]), "rrl": per_seed([50, 60, 70]),
+    found = claims.comparisons("halfcheetah", {"mesa": per_seed([5, 6, 7]), "rrl": per_seed([50, 60, 70]),
                                                "multitask": per_seed([4, 8, 9])})
     assert set(found) == {"mesa vs rrl", "mesa vs multitask"}
     assert found["mesa vs rrl"]["verdict"] == "reproduced" and found["mesa vs multitask"]["verdict"] == "undecided"
-    table = report.comparisons_table(found)
+    table = claims.comparisons_table(found)
     assert "| MESA vs RRL | 3 / 3 | 0.10 [" in table and "fewer (x0.5) | reproduced |" in table
 
 
