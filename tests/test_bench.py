@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 import bench
+import bench_baselines
 from sac import SAC, squashed_gaussian_log_prob
 
 
@@ -25,7 +26,7 @@ def test_quick_bench_reports_every_hot_path_with_positive_flop_counts(capsys):
 def test_baseline_sac_samples_the_same_policy_as_ours():
     """The baseline's torch.distributions sampling is the same maths, only written differently."""
     agent = SAC(4, 3, -2 * np.ones(3), 2 * np.ones(3))
-    baseline = bench.BaselineSAC(agent)
+    baseline = bench_baselines.BaselineSAC(agent)
     obs = torch.randn(256, 4)
     torch.manual_seed(0)
     action, log_pi = baseline.sample(obs)
