@@ -200,18 +200,24 @@ def figure6_summary(out: str, preset: str, jobs: dict[str, list[jobspec.Job]]) -
 
 
 def figure6_table(summary: dict, found: dict) -> str:
-    """One line per condition and method, then MESA / Multi-Task per condition with the verdict."""
+    """One line per condition and method, then MESA / Multi-Task per condition with the verdict.
+
+    The critic's level is given on the held-out set, the same transitions in every D_test-share
+    condition, and on the condition's own D_test, a different head of D_test in each: the second
+    mixes the critic's level with what that head holds."""
     lines = ["| condition | method | seeds | cumulative violations [95% CI] | per seed | return (last 10%) [95% CI] "
-             "| AUROC held-out after Phase 2 | safe D_test above eps_risk after Phase 2 |", "|" + "---|" * 8]
+             "| AUROC held-out after Phase 2 | safe above eps_risk after Phase 2: held-out / the condition's D_test |",
+             "|" + "---|" * 8]
     for name, rows in summary.items():
         for method, s in rows.items():
-            level = s["critic_level"]["d_test_after_phase2"]
+            heldout, own = s["critic_level"]["heldout_after_phase2"], s["critic_level"]["d_test_after_phase2"]
             lines.append(f"| {name} | {plots.LABELS[method]} | {s['seeds']} | "
                          f"{report.interval_cell(s, 'cumulative_violations', '{:.1f}')} | "
                          + ", ".join(f"{v:g}" for v in s["per_seed"]["cumulative_violations"]) + " | "
                          f"{report.interval_cell(s, 'final_return', '{:.0f}')} | "
                          f"{report.cell(s['critic_auroc'], 'heldout_after_phase2')} | "
-                         f"{report.cell(level, 'safe_above_eps', '{:.0%}')} |")
+                         f"{report.cell(heldout, 'safe_above_eps', '{:.0%}')} / "
+                         f"{report.cell(own, 'safe_above_eps', '{:.0%}')} |")
     lines += ["", "| condition | MESA / Multi-Task, cumulative violations [95% CI] | P(a MESA seed has fewer) "
               "| verdict on \"MESA has fewer\" | seeds needed |", "|---|---|---|---|---|"]
     for name, c in found.items():

@@ -283,7 +283,8 @@ def test_figure6_summarises_todays_runs_and_decides_each_condition_by_the_rule(t
     def finish(j, n):
         rows = [{"episode": e, "env_steps": 1000 * e, "return": 100.0, "length": 1000, "violation": int(e < n),
                  "success": 0.0, "recovery_fraction": 0.0} for e in range(60)]
-        critic = {"after_phase2": {"auroc": 0.9}, "d_test_after_phase2": {"safe_above_eps": 0.03, "median_safe": 0.01}}
+        critic = {"after_phase2": {"auroc": 0.9, "safe_above_eps": 0.05, "median_safe": 0.02},
+                  "d_test_after_phase2": {"safe_above_eps": 0.03, "median_safe": 0.01}}
         os.makedirs(j.folder, exist_ok=True)
         jobspec.write_run(j, {"timings": {}, "critic": critic}, rows)
 
@@ -300,6 +301,6 @@ def test_figure6_summarises_todays_runs_and_decides_each_condition_by_the_rule(t
     assert summary["conditions"]["D_test x 0.25"] == {}                   # the stale run is left out
     assert set(summary["comparisons"]) == {"D_test x 0.5"}
     assert summary["comparisons"]["D_test x 0.5"]["verdict"] == "reproduced"
-    assert "| D_test x 0.5 | MESA | 3 | 3.0 [" in table and "| 2, 3, 4 | 100 [100, 100] | 0.900 ± 0.000 | 3% |" in table
+    assert "| D_test x 0.5 | MESA | 3 | 3.0 [" in table and "| 2, 3, 4 | 100 [100, 100] | 0.900 ± 0.000 | 5% / 3% |" in table
     assert "| D_test x 0.5 | 0.10 [" in table and "| reproduced |" in table
     assert (tmp_path / "r" / "figure6" / "violations.png").stat().st_size > 0
