@@ -17,6 +17,7 @@ import ensemble
 from recovery_rl import Safety, safety_bellman_target
 from sac import SAC, soft_q_target
 
+
 def loop_polyak(target, source, tau):
     """Baseline: a python loop over parameters."""
     for tp, p in zip(target.parameters(), source.parameters()):

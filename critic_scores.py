@@ -19,6 +19,7 @@ import torch
 
 from recovery_rl import Safety, safety_critic_loss
 
+
 def auroc(scores, labels) -> float:
     """P(score of a random positive > score of a random negative), ties counting 1/2; nan if a class is empty.
 

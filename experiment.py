@@ -56,8 +56,6 @@ ORACLE_DATA_METHODS = ("rrl_oracle", *BASELINES)
 LOG_EVERY = {"navigation1": 1000, "navigation2": 1000, "maze": 1000, "cartpole": 1000, "halfcheetah": 5000, "ant": 5000}
 
 
-
-
 def heldout_set(env: str, preset: str, root: str, variant: str) -> dict:
     """A collection of D_test's generator in the test environment that D_test does not hold (cached)."""
     n = max(HELDOUT_SIZE[preset], datasets.PRESET_SPECS[preset][env].n_test)

@@ -98,14 +98,14 @@ def read_episodes(path: str) -> dict[str, np.ndarray]:
     return {c: np.array([float(r[c]) for r in rows]) for c in COLUMNS}
 
 
+# ----------------------------------------------------------------------------- summary
+
 def mean_se(values) -> tuple[float, float]:
     """Mean and standard error (std with ddof=1 over sqrt(n); 0 for a single value)."""
     values = np.asarray(values, np.float64)
     se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
     return float(values.mean()), float(se)
 
-
-# ----------------------------------------------------------------------------- summary
 
 def final_value(values: np.ndarray) -> float:
     """The mean over the last 10% of episodes (at least one): "final" return or success rate."""
