@@ -19,7 +19,6 @@ random state seeded per episode (the planner samples). It has no critic: --level
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
