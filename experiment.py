@@ -12,8 +12,8 @@
      critic Phase 3 started from and the final one are scored on the transitions Phase 3 visited.
 A job (jobspec.Job) writes <out>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt,
 final.pt, progress.csv, episodes.csv}; episodes.csv is written last and marks a finished run
-(jobspec.finished). Phase 3 checkpoints to phase3.pt every few minutes, and an interrupted job resumes
-from it. CARL and CARL-Offline (carl.py) run through run_carl at the end. run.py builds the jobs
+(jobspec.finished). MESA's meta-learning checkpoints to pretraining.pt and Phase 3 to phase3.pt every
+few minutes, and an interrupted job resumes from them. CARL and CARL-Offline (carl.py) run through run_carl at the end. run.py builds the jobs
 from its command line and runs them in parallel.
 """
 from __future__ import annotations
@@ -47,6 +47,8 @@ HELDOUT_SIZE = {"smoke": 200, "quick": 5000, "paper": 10000}
 # Phase-3 checkpoints (phase3.pt) every this many episodes: a few minutes of a run apart, so that
 # writing one (the buffers dominate: about 200 MB for a paper-size HalfCheetah run) costs under 1%.
 CHECKPOINT_EVERY = {"navigation1": 50, "navigation2": 50, "maze": 50, "cartpole": 20, "halfcheetah": 5, "ant": 5}
+# MESA's Phase 1 checkpoints to pretraining.pt every this many meta-steps (0.5-2 minutes apart).
+META_CHECKPOINT_EVERY = 500
 
 # Methods pretrained on the RRL-oracle's 10-20K test-environment transitions instead of D_test:
 # RRL-oracle, and Recovery RL's comparisons, which run in Recovery RL's setting.
@@ -115,23 +117,61 @@ def offline_buffers(job: Job, train: list, test: dict) -> tuple[list[ReplayBuffe
 
 
 def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, heldout: dict) -> dict:
-    """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}."""
+    """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}. MESA's
+    meta-learning resumes from pretraining.pt and checkpoints to it (resume_meta_learning)."""
     hp, method, timings, critic = job.hp, job.method, {}, {}
     train_buffers, test_buffer = offline_buffers(job, train, test)
     steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps}.get(method, hp.rrl.steps)
     adapts = method in ("mesa", "multitask")
+    meta = resume_meta_learning(job, safety, [*train_buffers, test_buffer])
     for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if adapts else 0)):
-        t0 = time.perf_counter()
-        with progress_bar(job, phase, total) as bar:
+        t0, done = time.perf_counter(), meta.step if meta is not None and phase == "phase1" else 0
+        with progress_bar(job, phase, total, initial=done) as bar:
             callback = lambda step, metrics: bar.update(1)  # noqa: E731
             if phase == "phase1":
-                mesa.phase1(method, safety, train_buffers, test_buffer, policy, hp, job.seed, callback)
+                if meta is not None:
+                    callback = meta_checkpoints(job, safety, meta, [*train_buffers, test_buffer], bar)
+                mesa.phase1(method, safety, train_buffers, test_buffer, policy, hp, job.seed, callback, meta)
             else:
                 mesa.phase2(method, safety, test_buffer, policy, hp, callback, train_buffers)
-        timings[phase] = time.perf_counter() - t0
+        timings[phase] = time.perf_counter() - t0 + (meta.seconds if meta is not None and phase == "phase1" else 0)
         critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
         critic[f"d_test_after_{phase}"] = critic_quality(safety, test, policy)
     return {"timings": timings, "critic": critic}
+
+
+def meta_checkpoints(job: Job, safety: Safety, meta: mesa.MetaLearning, buffers: list[ReplayBuffer], bar):
+    """MESA's Phase-1 callback: advances the bar, and every META_CHECKPOINT_EVERY meta-steps saves
+    pretraining.pt (Safety, the meta-learning's state, the buffers' and the global random states)."""
+    t0, seconds = time.perf_counter(), meta.seconds
+
+    def after(step: int, metrics: dict) -> None:
+        bar.update(1)
+        if meta.step % META_CHECKPOINT_EVERY == 0 and meta.step < job.hp.meta.steps:
+            meta.seconds = seconds + time.perf_counter() - t0
+            save_checkpoint({"key": job.key(phase3=False), "safety": safety.state_dict(),
+                             "meta_learning": meta.state_dict(), "rng": global_rng_state(),
+                             "buffer_rngs": [b.rng.bit_generator.state for b in buffers]}, pretraining_path(job))
+    return after
+
+
+def resume_meta_learning(job: Job, safety: Safety, buffers: list[ReplayBuffer]) -> mesa.MetaLearning | None:
+    """MESA's Phase 1 so far (pretraining.pt), restored into the fresh Safety and buffers; a fresh
+    start where there is none or it belongs to another configuration; None for the other methods
+    (their Phase 1, plain Adam steps, takes minutes and restarts)."""
+    if job.method != "mesa":
+        return None
+    meta, path = mesa.MetaLearning.start(safety, job.hp.meta, job.seed), pretraining_path(job)
+    if os.path.exists(path):
+        state = load_checkpoint(path, PRETRAINING_ADVICE)
+        if state["key"] == job.key(phase3=False):
+            safety.load_state_dict(state["safety"])
+            meta.load_state_dict(state["meta_learning"])
+            for buffer, rng in zip(buffers, state["buffer_rngs"], strict=True):
+                buffer.rng.bit_generator.state = rng
+            set_global_rng_state(state["rng"])
+            print(f"resumed {job.env}/{job.method}/seed{job.seed} Phase 1 at meta-step {meta.step}", flush=True)
+    return meta
 
 
 def load_inputs(job: Job) -> tuple[list[dict], dict, gymnasium.Env, callable]:
@@ -214,6 +254,8 @@ def run_one(job: Job) -> dict:
             info = offline_phases(job, safety, agent.policy, train, test, heldout)
             os.makedirs(job.folder, exist_ok=True)
             save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
+            if os.path.exists(pretraining_path(job)):
+                os.remove(pretraining_path(job))
 
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
     start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None

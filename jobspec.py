@@ -124,7 +124,8 @@ def run_key(fields: dict, phase3: bool = True) -> str:
 
 
 def pretraining_path(job: Job) -> str:
-    """CARL's Phase-1 checkpoint (carl only): removed once Phase 1 is saved in phase1.pt."""
+    """The Phase-1 checkpoint of MESA's meta-learning and CARL's pretraining: removed once Phase 1
+    is saved (phase2.pt; CARL's phase1.pt)."""
     return os.path.join(job.folder, "pretraining.pt")
 
 
@@ -139,7 +140,7 @@ def checkpoint_path(job: Job) -> str:
 
 PHASE2_ADVICE = "delete it to run this run's Phases 1-2 again"
 PHASE3_ADVICE = "delete it to restart this run's Phase 3 from its cached Phases 1-2"
-PRETRAINING_ADVICE = "delete it to restart this run's Phase 1 (CARL's pretraining)"
+PRETRAINING_ADVICE = "delete it to restart this run's Phase 1"
 
 
 class DamagedFile(ValueError):

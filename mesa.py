@@ -259,21 +259,55 @@ def meta_step(safety: Safety, buffers: list[ReplayBuffer], policy: Policy, cfg: 
 
 # ----------------------------------------------------------------------------- the phases
 
+@dataclass
+class MetaLearning:
+    """Where MESA's Phase 1 stands between two meta-steps: with Safety's state, the buffers' random
+    states and the global one, all that is needed to continue it exactly (experiment.py checkpoints
+    it, as it does CARL's pretraining)."""
+    optimizer: torch.optim.Optimizer    # the outer Adam over psi (and rho, as a second parameter group)
+    rho: dict[str, torch.nn.Parameter] | None   # the learned inner rates (cfg.learn_inner_lr), else None
+    rng: np.random.Generator             # draws each meta-step's K tasks
+    step: int = 0                        # meta-steps done
+    seconds: float = 0.0                 # time spent so far, over every process that ran it
+
+    @classmethod
+    def start(cls, safety: Safety, cfg: MetaConfig, seed: int) -> "MetaLearning":
+        """Adam at alpha2 over psi; with cfg.learn_inner_lr, rho gets its own Adam lr (a second
+        parameter group: Adam acts per element, so this is the authors' separate optimizer)."""
+        optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=cfg.outer_lr)
+        rho = initial_inner_rates(safety.q_risk, cfg.inner_lr) if cfg.learn_inner_lr else None
+        if rho is not None:
+            optimizer.add_param_group({"params": list(rho.values()), "lr": cfg.inner_lr_lr})
+        return cls(optimizer, rho, np.random.default_rng(seed))
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seconds": self.seconds, "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "rho": None if self.rho is None else {name: r.detach().clone() for name, r in self.rho.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.seconds = state["step"], state["seconds"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        with torch.no_grad():
+            for name, r in (self.rho or {}).items():
+                r.copy_(state["rho"][name])
+
+
 def meta_learn(safety: Safety, train: list[ReplayBuffer], test: ReplayBuffer, policy: Policy,
-               cfg: MetaConfig, seed: int = 0, callback: Callback | None = None) -> dict[str, float] | None:
+               cfg: MetaConfig, seed: int = 0, callback: Callback | None = None,
+               progress: MetaLearning | None = None) -> dict[str, float] | None:
     """MESA Phase 1: T meta-steps over the training buffers, each with a pi_rec step on D_test.
 
-    With cfg.learn_inner_lr, rho gets its own Adam lr (a second parameter group: Adam acts per
-    element, so this is the authors' separate optimizer). Returns the learned rates {name: rate}.
+    `progress` continues from a checkpoint and is updated before callback(step, metrics) runs.
+    Returns the learned inner rates {name: rate} (cfg.learn_inner_lr), else None.
     """
-    optimizer = torch.optim.Adam(safety.q_risk.parameters(), lr=cfg.outer_lr)
-    rho = initial_inner_rates(safety.q_risk, cfg.inner_lr) if cfg.learn_inner_lr else None
-    if rho is not None:
-        optimizer.add_param_group({"params": list(rho.values()), "lr": cfg.inner_lr_lr})
-    rng = np.random.default_rng(seed)
-    for step in range(cfg.steps):
-        loss = meta_step(safety, train, policy, cfg, optimizer, rng, rho)
+    progress = progress or MetaLearning.start(safety, cfg, seed)
+    rho = progress.rho
+    for step in range(progress.step, cfg.steps):
+        loss = meta_step(safety, train, policy, cfg, progress.optimizer, progress.rng, rho)
         rec_loss = safety.update_recovery(safety.sample(test)["obs"])
+        progress.step = step + 1
         if callback:
             metrics = {"losses/meta_loss": loss, "losses/pi_rec_loss": rec_loss}
             if rho is not None:
@@ -304,14 +338,17 @@ def pooled(buffers: list[ReplayBuffer]) -> ReplayBuffer:
 
 
 def phase1(method: str, safety: Safety, train: list[ReplayBuffer], test: ReplayBuffer, policy: Policy,
-           hp: Hyperparameters, seed: int = 0, callback: Callback | None = None) -> None:
+           hp: Hyperparameters, seed: int = 0, callback: Callback | None = None,
+           progress: MetaLearning | None = None) -> None:
     """Offline pretraining of Q_risk and pi_rec, as each method of the paper's section 5 does it.
 
     test: the method's test-environment data, D_test (for RRL-oracle: its 10-20K transitions).
+    progress (MESA only): meta-learning resumed from a checkpoint, with Safety's optimizers restored.
     """
     if method == "mesa":   # pi_rec's Phase-1 lr: pi_rec_lr, or alpha1 (MESA's Phase-2 lr) when 0
-        safety.set_lr(hp.meta.pi_rec_lr or hp.meta.inner_lr)   # (Q_risk's optimizer waits for Phase 2)
-        meta_learn(safety, train, test, policy, hp.meta, seed, callback)
+        if progress is None or progress.step == 0:   # (Q_risk's optimizer waits for Phase 2)
+            safety.set_lr(hp.meta.pi_rec_lr or hp.meta.inner_lr)
+        meta_learn(safety, train, test, policy, hp.meta, seed, callback, progress)
     elif method == "multitask":
         fit(safety, pooled(train), policy, hp.multitask, callback)
     elif method in ("rrl", "rrl_oracle", *USES_CRITIC):    # the baselines pretrain Q_risk as RRL does

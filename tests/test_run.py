@@ -497,6 +497,42 @@ def test_phase3_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeyp
     assert timings["phase3"] >= 1000 and timings["total"] >= timings["phase3"]   # the time before the stop counts in both
 
 
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_mesa_phase1_resumes_from_its_checkpoint_exactly(tmp_path, data_root, monkeypatch, capsys, variant):
+    """A MESA run stopped right after its Phase-1 checkpoint at meta-step 2 of 3 and rerun continues
+    from it: the same critic after Phases 1-2 and the same episodes.csv as an uninterrupted run (with
+    the authors' variant: its learned inner rates and WLinear critic too); the checkpoint is then removed."""
+    options = ("--env", "navigation1", "--methods", "mesa", "--episodes", "3", "--mesa-variant", variant)
+    smoke(tmp_path / "whole", data_root, *options)
+    monkeypatch.setattr(experiment, "META_CHECKPOINT_EVERY", 1)
+
+    def save_then_stop(state, path):
+        common.save_checkpoint(state, path)
+        if str(path).endswith("pretraining.pt") and state["meta_learning"]["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "save_checkpoint", save_then_stop)
+    with pytest.raises(SystemExit):
+        smoke(tmp_path / "cut", data_root, *options)
+    monkeypatch.setattr(experiment, "save_checkpoint", common.save_checkpoint)
+    folder = config_dir(tmp_path / "cut", *options[4:]) / "navigation1" / "mesa" / "seed0"
+    assert (folder / "pretraining.pt").exists() and not (folder / "phase2.pt").exists()
+    state = torch.load(folder / "pretraining.pt", weights_only=True)
+    state["meta_learning"]["seconds"] = 1000.0      # as if the first process had meta-learned for 1000 s
+    common.save_checkpoint(state, folder / "pretraining.pt")
+    capsys.readouterr()
+    smoke(tmp_path / "cut", data_root, *options)
+    assert "resumed navigation1/mesa/seed0 Phase 1 at meta-step 2" in capsys.readouterr().out
+    whole = config_dir(tmp_path / "whole", *options[4:]) / "navigation1" / "mesa" / "seed0"
+    cut_critic, whole_critic = (torch.load(f / "phase2.pt", weights_only=True)["safety"] for f in (folder, whole))
+    for network in ("q_risk", "pi_rec"):
+        for name, tensor in whole_critic[network].items():
+            assert torch.equal(cut_critic[network][name], tensor), f"{network}.{name}"
+    assert (folder / "episodes.csv").read_text() == (whole / "episodes.csv").read_text()
+    assert not (folder / "pretraining.pt").exists()
+    assert json.loads((folder / "metrics.json").read_text())["timings"]["phase1"] >= 1000
+
+
 def test_progress_csv_logs_losses_filter_rate_and_speed(sweep):
     for method, has_risk in (("mesa", True), ("unconstrained", False)):
         rows = list(csv.DictReader(open(sweep / "smoke" / "navigation1" / method / "seed0" / "progress.csv")))
