@@ -13,8 +13,8 @@
 A job (jobspec.Job) writes <out>/<env>/<method>/seed<k>/{config.json, metrics.json, phase2.pt,
 final.pt, progress.csv, episodes.csv}; episodes.csv is written last and marks a finished run
 (jobspec.finished). MESA's meta-learning checkpoints to pretraining.pt and Phase 3 to phase3.pt every
-few minutes, and an interrupted job resumes from them. CARL and CARL-Offline (carl.py) run through run_carl at the end. run.py builds the jobs
-from its command line and runs them in parallel.
+few minutes, and an interrupted job resumes from them. CARL and CARL-Offline (carl.py) run through
+run_carl at the end. run.py builds the jobs from its command line and runs them in parallel.
 """
 from __future__ import annotations
 
