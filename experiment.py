@@ -137,6 +137,8 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
         timings[phase] = time.perf_counter() - t0 + (meta.seconds if meta is not None and phase == "phase1" else 0)
         critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
         critic[f"d_test_after_{phase}"] = critic_quality(safety, test, policy)
+    if os.path.exists(pretraining_path(job)):    # Phase 1 is done: its caller saves it (phase2.pt)
+        os.remove(pretraining_path(job))
     return {"timings": timings, "critic": critic}
 
 
@@ -254,8 +256,6 @@ def run_one(job: Job) -> dict:
             info = offline_phases(job, safety, agent.policy, train, test, heldout)
             os.makedirs(job.folder, exist_ok=True)
             save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
-            if os.path.exists(pretraining_path(job)):
-                os.remove(pretraining_path(job))
 
     set_seed(job.seed)   # Phase 3 starts from the same random state whether Phase 2 was cached or not
     start_state = copy.deepcopy(safety.state_dict()) if safety is not None else None
