@@ -4,6 +4,7 @@
   figure2  Maze, Multi-Task vs. MESA and the authors' MESA: after Phase 1, adapt on D_test and
            score Q_risk on the held-out set after each of ADAPT_STEPS steps (AUROC and loss against
            adaptation steps); Q_risk heatmaps over the maze after HEATMAP_STEPS steps (paper Figure 2).
+           Each (row, seed) is kept in figure2/curves/ as it finishes, so a stopped run resumes.
   figure6  HalfCheetah-Disabled, MESA vs. Multi-Task: the first 1, 1/2, ..., 1/16 of D_test, and
            the partial-power-loss test task (paper Figure 6, section 6.2), each condition decided
            by the written rule (docs/statistics.md).
@@ -12,6 +13,7 @@ Each figure is a function (out, preset, workers, data_root) -> the markdown tabl
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import matplotlib
@@ -81,6 +83,27 @@ def adaptation_curve(row_job: tuple[str, jobspec.Job]) -> dict:
     return {"method": row, "seed": j.seed, "curve": curve, "heatmaps": maps}
 
 
+def cached_adaptation_curve(row_job: tuple[str, jobspec.Job]) -> dict:
+    """adaptation_curve, kept in <out>/curves/<row>_seed<k>.json and read back where its run key
+    matches: a Figure 2 stopped part way resumes after the curves it had finished."""
+    row, j = row_job
+    path, key = os.path.join(j.out, "curves", f"{row}_seed{j.seed}.json"), j.key(phase3=False)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except ValueError:                     # a damaged cache: say so, then compute the curve again
+            print(f"{path} is damaged: computing that curve again", flush=True)
+            saved = {"key": None}
+        if saved["key"] == key:
+            maps = {int(step): np.array(q, dtype=np.float32) for step, q in saved["result"]["heatmaps"].items()}
+            return {**saved["result"], "heatmaps": maps}
+    result = adaptation_curve(row_job)
+    maps = {step: q.tolist() for step, q in result["heatmaps"].items()}
+    report.write_json(path, {"key": key, "result": {**result, "heatmaps": maps}})
+    return result
+
+
 def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str:
     """The paper's Figure 2 on the Maze: Multi-Task's, MESA's and the authors' MESA's (WLinear
     critic, run.py --mesa-variant authors) Q_risk adapting to the test maze (FIGURE2_ROWS)."""
@@ -88,7 +111,7 @@ def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str
     studies.prepare("maze", preset, data_root)
     jobs = [(row, studies.job("maze", method, s, folder, preset, data_root, **presets.variant_changes(variant, "maze", method)))
             for row, method, variant in FIGURE2_ROWS for s in range(FIGURE2_SEEDS)]
-    results = studies.parallel(adaptation_curve, jobs, workers)
+    results = studies.parallel(cached_adaptation_curve, jobs, workers)
     report.write_json(os.path.join(folder, "adaptation.json"),
                       [{k: v for k, v in r.items() if k != "heatmaps"} for r in results])
     np.savez_compressed(os.path.join(folder, "heatmaps.npz"), **{

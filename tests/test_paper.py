@@ -72,6 +72,18 @@ def test_figure2_records_every_adaptation_step(tmp_path, monkeypatch):
         assert not np.allclose(before, after)       # adaptation moved the critic
     assert (tmp_path / "figure2" / "heatmaps.png").stat().st_size > 0
     assert (tmp_path / "figure2" / "adaptation.png").stat().st_size > 0
+    # A rerun reads the finished curves back instead of computing them, and gives the same files;
+    # a curve whose file is damaged, or whose run key changed, is computed again.
+    maps = dict(np.load(tmp_path / "figure2" / "heatmaps.npz"))
+    (tmp_path / "figure2" / "curves" / "mesa_seed0.json").write_text("{trunc")
+    computed = []
+    original = figures.adaptation_curve
+    monkeypatch.setattr(figures, "adaptation_curve", lambda row_job: computed.append(row_job[0]) or original(row_job))
+    assert figures.figure2(str(tmp_path), "smoke", 1, str(tmp_path / "data")) == table
+    assert computed == ["mesa"]
+    assert json.load(open(tmp_path / "figure2" / "adaptation.json")) == results
+    for name, q in np.load(tmp_path / "figure2" / "heatmaps.npz").items():
+        assert q.dtype == maps[name].dtype and np.array_equal(q, maps[name])
 
 
 def test_offline_key_ignores_what_only_phase3_uses():
