@@ -117,13 +117,15 @@ def offline_buffers(job: Job, train: list, test: dict) -> tuple[list[ReplayBuffe
 
 
 def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, heldout: dict) -> dict:
-    """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic"}. MESA's
+    """Phases 1 and 2 with the critic scored after each; returns {"timings", "critic",
+    "earlier_seconds" (Phase-1 time of the processes before a resumption)}. MESA's
     meta-learning resumes from pretraining.pt and checkpoints to it (resume_meta_learning)."""
     hp, method, timings, critic = job.hp, job.method, {}, {}
     train_buffers, test_buffer = offline_buffers(job, train, test)
     steps = {"mesa": hp.meta.steps, "multitask": hp.multitask.steps}.get(method, hp.rrl.steps)
     adapts = method in ("mesa", "multitask")
     meta = resume_meta_learning(job, safety, [*train_buffers, test_buffer])
+    earlier = meta.seconds if meta is not None else 0.0      # Phase-1 seconds of the processes before
     for phase, total in (("phase1", steps), ("phase2", hp.adapt.steps if adapts else 0)):
         t0, done = time.perf_counter(), meta.step if meta is not None and phase == "phase1" else 0
         with progress_bar(job, phase, total, initial=done) as bar:
@@ -134,12 +136,12 @@ def offline_phases(job: Job, safety: Safety, policy, train: list, test: dict, he
                 mesa.phase1(method, safety, train_buffers, test_buffer, policy, hp, job.seed, callback, meta)
             else:
                 mesa.phase2(method, safety, test_buffer, policy, hp, callback, train_buffers)
-        timings[phase] = time.perf_counter() - t0 + (meta.seconds if meta is not None and phase == "phase1" else 0)
+        timings[phase] = time.perf_counter() - t0 + (earlier if phase == "phase1" else 0.0)
         critic[f"after_{phase}"] = critic_quality(safety, heldout, policy)
         critic[f"d_test_after_{phase}"] = critic_quality(safety, test, policy)
     if os.path.exists(pretraining_path(job)):    # Phase 1 is done: its caller saves it (phase2.pt)
         os.remove(pretraining_path(job))
-    return {"timings": timings, "critic": critic}
+    return {"timings": timings, "critic": critic, "earlier_seconds": earlier}
 
 
 def meta_checkpoints(job: Job, safety: Safety, meta: mesa.MetaLearning, buffers: list[ReplayBuffer], bar):
@@ -243,7 +245,7 @@ def run_one(job: Job) -> dict:
     t_start = time.perf_counter()
     train, test, env, scale = load_inputs(job)
     agent, safety = fresh_networks(job, env)
-    info = {"timings": {}, "critic": {}}
+    info, phase1_earlier = {"timings": {}, "critic": {}}, 0.0
     if safety is not None:
         cache, key = os.path.join(job.folder, "phase2.pt"), job.key(phase3=False)
         state = cached_offline_phases(job, key)
@@ -254,6 +256,7 @@ def run_one(job: Job) -> dict:
         else:
             heldout = scale(heldout_set(job.env, job.preset, job.data_root, job.test_variant))
             info = offline_phases(job, safety, agent.policy, train, test, heldout)
+            phase1_earlier = info.pop("earlier_seconds")
             os.makedirs(job.folder, exist_ok=True)
             save_checkpoint({"key": key, "safety": safety.state_dict(), **info}, cache)
 
@@ -288,7 +291,7 @@ def run_one(job: Job) -> dict:
                      "safety": safety.state_dict() if safety is not None else None,
                      "obs_scale": None if stats is None else tuple(torch.from_numpy(s) for s in stats)},
                     os.path.join(job.folder, "final.pt"))      # the trained agent (torch.load weights_only)
-    info["timings"]["total"] = seconds_before + time.perf_counter() - t_start   # with Phase 3 before a resumption
+    info["timings"]["total"] = phase1_earlier + seconds_before + time.perf_counter() - t_start  # with time before resumptions
     write_run(job, info, rows)
     if os.path.exists(checkpoint_path(job)) and not job.keep_checkpoint:
         os.remove(checkpoint_path(job))
