@@ -244,6 +244,26 @@ def test_wlinear_code_starts_with_std_one_over_out_features():
     assert codes.std().item() == pytest.approx(1 / 50, rel=0.05)
 
 
+def test_wlinear_first_adam_step_moves_each_weight_by_lr_times_one_plus_the_codes_l1_norm():
+    """The docstring's claim behind Figure 2's first adaptation step: with fc.weight at 0 (so z
+    gets no gradient), Adam's first step moves each generated weight by lr (1 + |z|_1) against
+    the sign of its gradient; a plain weight moves by lr."""
+    torch.manual_seed(0)
+    layer, lr = WLinear(4, 3, code_dim=50), 1e-3
+    torch.nn.init.zeros_(layer.fc.weight)
+    x, c = torch.randn(8, 4), torch.randn(8, 3)
+    theta = lambda: layer.fc(layer.z).detach().clone()        # noqa: E731
+    before = theta()
+    grad_theta = torch.autograd.grad((layer(x) * c).sum(), layer.fc.bias)[0]   # d loss / d theta
+    optim = torch.optim.Adam(layer.parameters(), lr=lr)
+    optim.zero_grad()
+    (layer(x) * c).sum().backward()
+    optim.step()
+    expected = -lr * torch.sign(grad_theta) * (1 + layer.z.abs().sum())
+    assert torch.allclose(theta() - before, expected, rtol=1e-4, atol=1e-9)
+    assert layer.z.abs().sum() > 5      # the move is several times a plain weight's lr
+
+
 def test_twin_head_critic_is_the_max_of_its_heads_and_trains_each_head():
     torch.manual_seed(0)
     critic = SafetyCritic(3, 2, hidden=(8,), heads=2)
