@@ -123,7 +123,7 @@ def figure2(out: str, preset: str, workers: int, data_root: str = "data") -> str
 
 def plot_heatmaps(path: str, by_method: dict) -> None:
     """Seed 0's Q_risk maps, one row per method, one column per number of adaptation steps."""
-    fig, axes = plt.subplots(len(by_method), len(HEATMAP_STEPS), figsize=(3.2 * len(HEATMAP_STEPS), 3.1 * len(by_method)),
+    fig, axes = plt.subplots(len(by_method), len(HEATMAP_STEPS), figsize=(3.2 * len(HEATMAP_STEPS), 3.4 * len(by_method)),
                              squeeze=False)
     h = point_envs.MAZE_HALF
     for row, (method, runs) in enumerate(by_method.items()):
@@ -134,8 +134,9 @@ def plot_heatmaps(path: str, by_method: dict) -> None:
             for x0, x1, y0, y1 in point_envs.maze_walls(*envs.test_task("maze")["w"]):
                 ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1))
             ax.plot(*point_envs.MAZE_GOAL, "w*", label="goal")
-            ax.set_title(f"{plots.LABELS[method]}, {step} adaptation steps", fontsize=9)
-            ax.set(xlabel="x", ylabel="y")
+            ax.set_title(f"{plots.LABELS[method]}\n{step} adaptation steps", fontsize=9)
+            ax.set(xlabel="x", ylabel="y" if col == 0 else "")
+            ax.tick_params(labelleft=col == 0)          # the maps share y: one scale per row
             if row == col == 0:
                 ax.legend(loc="lower left", fontsize=7, framealpha=0.5)
     fig.colorbar(image, ax=axes, shrink=0.8, label="Q_risk, mean over 9 actions")
