@@ -74,7 +74,7 @@ class Job:
 # The configuration groups a method never reads, left out of its run key: changing one method's
 # settings (e.g. quick's MESA meta-steps) leaves the other methods' runs valid. The baselines keep
 # every group (mesa.phase1 / phase2 and experiment.fresh_networks say who reads what); CARL reads
-# its own group alone (experiment.run_carl).
+# its own group alone (carl_run.run_carl).
 NOT_CARL = ("sac", "recovery", "meta", "multitask", "rrl", "adapt", "baseline")
 UNREAD_GROUPS = {"unconstrained": ("recovery", "meta", "multitask", "rrl", "adapt"),
                  "rrl": ("meta", "multitask"), "rrl_oracle": ("meta", "multitask"),

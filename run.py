@@ -5,8 +5,8 @@
     python run.py --env maze,cartpole --seeds 3 --preset quick --workers 2
 
 The command line gives the jobs: every (env, method, seed), with the preset's hyperparameters
-(presets.py), the MESA variant's changes and the options given. Each job is experiment.run_one
-(MESA's Algorithm 1 for one run), in parallel processes or as Ray tasks. Outputs, in one folder per
+(presets.py), the MESA variant's changes and the options given. Each job is run_job: experiment.run_one
+(MESA's Algorithm 1 for one run) or, for CARL, carl_run.run_carl, in parallel processes or as Ray tasks. Outputs, in one folder per
 configuration (config_name: the preset and the settings that differ):
 <out>/<config>/<env>/<method>/seed<k>/ (experiment.py) and
 <out>/<config>/<env>/{summary.md, summary.json, cumulative_violations.png, learning_curve.png}.
@@ -34,6 +34,7 @@ import timing  # noqa: E402
 from baselines import BASELINES  # noqa: E402
 from carl import CARL_METHODS  # noqa: E402
 from common import OneLineParser  # noqa: E402
+from carl_run import run_carl  # noqa: E402
 from experiment import ORACLE_DATA_METHODS, heldout_set, run_one  # noqa: E402
 from jobspec import DATA_SEED, DamagedFile, Job, check_files, finished  # noqa: E402
 from mesa import METHODS  # noqa: E402
@@ -219,6 +220,11 @@ def announce(jobs: list[Job], todo: list[Job], workers: int, backend: str, ray_a
 
 # ----------------------------------------------------------------------------- the sweep
 
+def run_job(job: Job) -> dict:
+    """One (env, method, seed) run: CARL's own path (carl_run.py) or Algorithm 1 (experiment.py)."""
+    return run_carl(job) if job.method in CARL_METHODS else run_one(job)
+
+
 def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local",
              ray_address: str | None = None) -> list[str]:
     """Run the jobs one after another, in `workers` spawned processes, or as Ray tasks; print a line
@@ -239,7 +245,7 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local"
               f"{r['violations']} violations, {score}, {r['seconds']:.0f} s", flush=True)
     failures = []
     if backend == "ray":
-        for job, result in ray_map(run_one, jobs, threads, ray_address, workers):
+        for job, result in ray_map(run_job, jobs, threads, ray_address, workers):
             if isinstance(result, Exception):
                 failures.append(f"failed {job.env}/{job.method}/seed{job.seed}: {str(result).strip().splitlines()[-1]}")
                 print(failures[-1], flush=True)
@@ -247,9 +253,9 @@ def run_jobs(jobs: list[Job], workers: int, threads: int, backend: str = "local"
                 line(result)
     elif workers <= 1:
         for job in jobs:
-            line(run_one(job))
+            line(run_job(job))
     else:
-        for result in pool_map(run_one, jobs, workers, threads, ordered=False):
+        for result in pool_map(run_job, jobs, workers, threads, ordered=False):
             line(result)
     return failures
 

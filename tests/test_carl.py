@@ -13,6 +13,7 @@ import carl
 import ensemble
 import envs
 import evaluate
+import carl_run
 import experiment
 import jobspec
 import presets
@@ -188,7 +189,7 @@ def test_carl_offline_pretrains_on_the_offline_datasets_alone(monkeypatch):
     hp, _ = presets.job_config("cartpole", "carl_offline", "smoke", "paper", {})
     job = jobspec.Job("cartpole", "carl_offline", 0, "smoke", hp, 2, "out", "data", "default", "none")
     agent = carl.CARLAgent(4, 1, [-3.0], [3.0], hp.carl, lambda s, a, s2: s[..., 0], 0)
-    experiment.carl_phase1(job, agent, train, test, bar=type("Bar", (), {"update": lambda self, n: None})())
+    carl_run.carl_phase1(job, agent, train, test, bar=type("Bar", (), {"update": lambda self, n: None})())
     pooled = np.concatenate([d["observations"] for d in [*train, test]])
     assert np.allclose(agent.model.input_mean[:4].numpy(), pooled.mean(0), atol=1e-5)
 
@@ -277,7 +278,7 @@ def test_an_interrupted_carl_run_resumes_exactly(tmp_path, monkeypatch, capsys, 
     (another episode count) reuses that phase1.pt and repeats the run's first episodes."""
     data = tmp_path / "data"
     smoke_carl(tmp_path / "whole", data, method)
-    real_save = experiment.save_checkpoint
+    real_save = carl_run.save_checkpoint
 
     def stop_at(name, episode):
         def save_then_stop(state, path):
@@ -285,7 +286,7 @@ def test_an_interrupted_carl_run_resumes_exactly(tmp_path, monkeypatch, capsys, 
             done = state["pretraining"]["episode"] if name == "pretraining.pt" else state.get("episode")
             if str(path).endswith(name) and done == episode:
                 raise KeyboardInterrupt
-        monkeypatch.setattr(experiment, "save_checkpoint", save_then_stop)
+        monkeypatch.setattr(carl_run, "save_checkpoint", save_then_stop)
 
     folder = run_folder(tmp_path / "cut", method)
     if method == "carl":
