@@ -6,8 +6,8 @@
 
 The command line gives the jobs: every (env, method, seed), with the preset's hyperparameters
 (presets.py), the MESA variant's changes and the options given. Each job is run_job: experiment.run_one
-(MESA's Algorithm 1 for one run) or, for CARL, carl_run.run_carl, in parallel processes or as Ray tasks. Outputs, in one folder per
-configuration (config_name: the preset and the settings that differ):
+(MESA's Algorithm 1 for one run) or, for CARL, carl_run.run_carl, in parallel processes or as Ray
+tasks. Outputs, in one folder per configuration (config_name: the preset and the settings that differ):
 <out>/<config>/<env>/<method>/seed<k>/ (experiment.py) and
 <out>/<config>/<env>/{summary.md, summary.json, cumulative_violations.png, learning_curve.png}.
 A rerun with the same configuration skips finished runs and resumes interrupted ones.
