@@ -9,6 +9,9 @@ D_test and on the transitions Phase 3 visited.
   horizon of the discounted violation probability Q_risk estimates).
 - `critic_level`: a critic can rank well yet sit above eps_risk on safe states, so that the filter
   fires everywhere; its median at safe transitions and the shares above eps_risk show it.
+- `saturated_share`: a critic can also be stuck. Q_risk = sigmoid(logit) is trained by MSE, whose
+  gradient carries sigmoid'(logit) = Q (1 - Q); beyond |logit| = SATURATED_LOGIT that factor is
+  under 1e-13, so no optimizer step moves the critic at those inputs.
 """
 from __future__ import annotations
 
@@ -67,6 +70,15 @@ def critic_level(q: np.ndarray, unsafe: np.ndarray, eps_risk: float) -> dict:
     share = lambda x: float((x > eps_risk).mean()) if len(x) else float("nan")  # noqa: E731
     return {"median_safe": float(np.median(q[~unsafe])) if (~unsafe).any() else float("nan"),
             "safe_above_eps": share(q[~unsafe]), "unsafe_above_eps": share(q[unsafe])}
+
+
+SATURATED_LOGIT = 30.0      # sigmoid'(30) = 9.4e-14
+
+
+def saturated_share(logits) -> float:
+    """The share of inputs where Q_risk's logit lies beyond +-SATURATED_LOGIT: there the MSE loss
+    has no gradient through the sigmoid, so training cannot move Q_risk."""
+    return float((np.abs(np.asarray(logits)) > SATURATED_LOGIT).mean())
 
 
 def critic_quality(safety: Safety, heldout: dict, policy) -> dict:

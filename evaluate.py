@@ -152,11 +152,13 @@ class SavedAgent:
                                       critic_scores.label_horizon(safety.cfg.gamma_risk))
         with torch.no_grad():
             q, q_rec = safety.q_risk(obs_t, act_t).numpy().ravel(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
+            logits = safety.q_risk.head_logits(obs_t, act_t).amax(0).numpy()     # the larger head's, as Q_risk
         eps = safety.cfg.eps_risk
         level = critic_scores.critic_level(q, unsafe, eps)
         return {"eps_risk": eps, "median_safe": level["median_safe"], "safe_above": level["safe_above_eps"],
                 "unsafe_above": level["unsafe_above_eps"],
-                "pi_rec_safe_above": critic_scores.critic_level(q_rec, unsafe, eps)["safe_above_eps"]}
+                "pi_rec_safe_above": critic_scores.critic_level(q_rec, unsafe, eps)["safe_above_eps"],
+                "logits": np.percentile(logits, [0, 50, 100]), "saturated": critic_scores.saturated_share(logits)}
 
     def phase2_safety(self) -> Safety | None:
         """The critic and pi_rec Phase 3 started from (phase2.pt), or None where the run has none."""
@@ -356,6 +358,8 @@ def main(argv=None) -> None:
                 r = saved.critic_levels(test, safety)
                 print(f"  {name:13s} median at safe {r['median_safe']:.3f}; above eps_risk {r['eps_risk']:g}: "
                       f"safe {r['safe_above']:.1%}, unsafe {r['unsafe_above']:.1%}, pi_rec's action at safe {r['pi_rec_safe_above']:.1%}")
+                print(f"  {'':13s} logit min / median / max {' / '.join(f'{v:.1f}' for v in r['logits'])}; "
+                      f"{r['saturated']:.1%} saturated (|logit| > {critic_scores.SATURATED_LOGIT:g}: no gradient there)")
         return
     if args.before_violation:
         print_steps_before_violation(saved, args.episodes, args.seed, args.before_violation)

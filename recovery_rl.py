@@ -79,10 +79,14 @@ class SafetyCritic(nn.Module):
             self.twin = mlp(obs_dim + act_dim, 1, hidden, layers)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, all_heads: bool = False) -> torch.Tensor:
+        q = torch.sigmoid(self.head_logits(obs, act))   # (H, B)
+        return q if all_heads else q.amax(0)
+
+    def head_logits(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Each head's output before the sigmoid.  # (H, B)"""
         x = torch.cat([obs, act], dim=-1)
         heads = [self.net] + ([self.twin] if hasattr(self, "twin") else [])
-        q = torch.sigmoid(torch.stack([head(x).squeeze(-1) for head in heads]))   # (H, B)
-        return q if all_heads else q.amax(0)
+        return torch.stack([head(x).squeeze(-1) for head in heads])
 
 
 class RecoveryPolicy(nn.Module):

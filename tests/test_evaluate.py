@@ -59,17 +59,21 @@ def test_risk_at_finds_the_grid_action_of_least_risk(runs, capsys):
 def test_critic_levels_measure_q_risk_against_eps_risk_on_d_test(runs, capsys):
     saved = evaluate.SavedAgent(str(runs / "navigation1" / "mesa" / "seed0"))
     test, eps = saved.d_test(), saved.safety.cfg.eps_risk
-    saved.safety.q_risk = lambda obs, act: torch.full((len(obs), 1), eps + 0.01)   # above eps_risk everywhere
+    critic, logit = saved.safety.q_risk, float(np.log((eps + 0.01) / (1 - eps - 0.01)))
+    critic.head_logits = lambda obs, act: torch.full((1, len(obs)), logit)      # above eps_risk everywhere
     high = saved.critic_levels(test)
     assert high["median_safe"] == pytest.approx(eps + 0.01) and high["safe_above"] == high["pi_rec_safe_above"] == 1.0
-    labels = critic_scores.danger_labels(test["costs"], test["terminals"], test["timeouts"],
-                                  round(1 / (1 - saved.safety.cfg.gamma_risk)))
-    saved.safety.q_risk = lambda obs, act: torch.from_numpy(labels.astype(np.float32))[:, None]   # a perfect critic
+    assert high["saturated"] == 0.0 and high["logits"] == pytest.approx([logit] * 3)
+    labels = torch.from_numpy(critic_scores.danger_labels(test["costs"], test["terminals"], test["timeouts"],
+                                                          round(1 / (1 - saved.safety.cfg.gamma_risk))))
+    critic.head_logits = lambda obs, act: torch.where(labels, 60.0, -31.0)[None]     # a perfect, saturated critic
     exact = saved.critic_levels(test)
-    assert exact["safe_above"] == 0.0 and exact["unsafe_above"] == 1.0 and exact["median_safe"] == 0.0
+    assert exact["safe_above"] == 0.0 and exact["unsafe_above"] == 1.0 and exact["median_safe"] < 1e-13
+    assert exact["saturated"] == 1.0 and list(exact["logits"]) == [-31.0, -31.0, 60.0]
+    del critic.head_logits
     evaluate.main([str(runs / "navigation1" / "mesa" / "seed0"), "--levels"])
     out = capsys.readouterr().out
-    assert "after Phase 2" in out and "final" in out and "return" not in out
+    assert "after Phase 2" in out and "final" in out and "saturated" in out and "return" not in out
 
 
 @pytest.mark.parametrize("argv, message", [
