@@ -4,6 +4,7 @@ workers at once; what they finished stays. run.py and paper.py map their jobs th
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import os
@@ -18,6 +19,9 @@ def _init_worker(threads: int) -> None:
     # pool.terminate()'s SIGTERM: exit through Python's cleanup, which hands back the semaphores this
     # worker made (tqdm's lock), instead of leaving the resource tracker to warn of them
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    # a worker already exiting (its one task done) must not raise SystemExit inside Python's exit
+    # handlers when terminate()'s SIGTERM lands there: registered last, this runs first at exit
+    atexit.register(signal.signal, signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
 
 
