@@ -21,6 +21,8 @@ from common import global_rng_state, save_checkpoint, set_global_rng_state, set_
 from experiment import CHECKPOINT_EVERY, cached_offline_phases, progress_bar
 from jobspec import (DATA_SEED, PRETRAINING_ADVICE, Job, checkpoint_path, load_checkpoint, phase2_paths,
                      pretraining_path, resume_phase3, write_run)
+
+
 def carl_phase1(job: Job, agent: carl.CARLAgent, train: list[dict], test: dict, bar,
                 progress: carl.Pretraining | None = None) -> None:
     """CARL: PETS in the training tasks (carl.pretrain_online) from `progress`, checkpointed to

@@ -151,8 +151,9 @@ class SavedAgent:
         unsafe = critic_scores.danger_labels(data["costs"], data["terminals"], data["timeouts"],
                                       critic_scores.label_horizon(safety.cfg.gamma_risk))
         with torch.no_grad():
-            q, q_rec = safety.q_risk(obs_t, act_t).numpy().ravel(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
-            logits = safety.q_risk.head_logits(obs_t, act_t).amax(0).numpy()     # the larger head's, as Q_risk
+            logits = safety.q_risk.head_logits(obs_t, act_t).amax(0)     # the larger head's, as Q_risk
+            q, q_rec = torch.sigmoid(logits).numpy(), safety.q_risk(obs_t, safety.pi_rec(obs_t)).numpy().ravel()
+            logits = logits.numpy()
         eps = safety.cfg.eps_risk
         level = critic_scores.critic_level(q, unsafe, eps)
         return {"eps_risk": eps, "median_safe": level["median_safe"], "safe_above": level["safe_above_eps"],
